@@ -1,0 +1,71 @@
+# gmmserve gRPC server image.
+#
+# Build: podman build --format docker -t gmmserve .
+#        (--format docker keeps the HEALTHCHECK, which OCI images drop)
+# Run:   podman run -d -p 50051:50051 -v gmmserve-data:/data gmmserve
+#
+# GMMSERVE_HOST and GMMSERVE_PORT set the listening address for both the
+# server and the health check, so `-e GMMSERVE_PORT=N` with --network=host
+# moves both. Arguments after the image name are appended to
+# `gmmserve serve`.
+
+FROM python:3.11-slim AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# A virtual environment copies cleanly into the runtime stage. Debian's
+# system pip installs into dist-packages, which a site-packages copy misses.
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+
+# Install the dependencies first, from pyproject.toml alone, so that a
+# source change reuses this layer instead of downloading them again.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; \
+project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(project['dependencies']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+COPY . .
+RUN pip install . \
+    && python -m compileall -q /opt/venv/lib
+
+
+FROM python:3.11-slim
+
+LABEL org.opencontainers.image.title="gmmserve" \
+      org.opencontainers.image.description="Synthetic Gaussian-mixture training data served over gRPC" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# The slim image has no adduser, so use the shadow tools.
+RUN groupadd --gid 10001 gmmserve \
+    && useradd --uid 10001 --gid gmmserve --home-dir /data \
+        --no-create-home --shell /usr/sbin/nologin gmmserve \
+    && mkdir /data \
+    && chown gmmserve:gmmserve /data
+
+COPY --from=build /opt/venv /opt/venv
+COPY scripts/container_healthcheck.py /opt/gmmserve/healthcheck.py
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    GMMSERVE_HOST=0.0.0.0 \
+    GMMSERVE_PORT=50051 \
+    GMMSERVE_DATA_DIR=/data
+
+USER gmmserve
+WORKDIR /data
+VOLUME /data
+EXPOSE 50051
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["/opt/venv/bin/python", "/opt/gmmserve/healthcheck.py"]
+
+# `exec` replaces the shell, so the server is PID 1 and receives the
+# SIGTERM of `podman stop` itself.
+ENTRYPOINT ["/bin/sh", "-c", "exec gmmserve serve --host \"$GMMSERVE_HOST\" --port \"$GMMSERVE_PORT\" --data-dir \"$GMMSERVE_DATA_DIR\" \"$@\"", "gmmserve"]
+CMD []
