@@ -1,0 +1,49 @@
+"""gmmserve client: stream synthetic GMM batches from a gmmserve server.
+
+The package depends only on numpy, grpcio and protobuf, never on the
+server package. Every batch is checked against the fingerprint the server
+sends, and streams resume after the last batch received when the server
+restarts.
+"""
+
+from gmmserve_client._batch import ARRAY_NAMES, Batch, decode_batch, fingerprint_arrays
+from gmmserve_client._client import Client, Session
+from gmmserve_client._errors import (
+    BatchIntegrityError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    GmmServeClientError,
+    InvalidArgument,
+    NotFound,
+    SessionNotFound,
+    StreamInterrupted,
+    Unavailable,
+)
+from gmmserve_client._policy import ReconnectPolicy, RetryPolicy
+from gmmserve_client._stream import BatchStream
+from gmmserve_client._types import Position, SessionInfo, SessionSpec, SnapshotInfo
+
+__all__ = [
+    "ARRAY_NAMES",
+    "Batch",
+    "BatchIntegrityError",
+    "BatchStream",
+    "Client",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "GmmServeClientError",
+    "InvalidArgument",
+    "NotFound",
+    "Position",
+    "ReconnectPolicy",
+    "RetryPolicy",
+    "Session",
+    "SessionInfo",
+    "SessionNotFound",
+    "SessionSpec",
+    "SnapshotInfo",
+    "StreamInterrupted",
+    "Unavailable",
+    "decode_batch",
+    "fingerprint_arrays",
+]

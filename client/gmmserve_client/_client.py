@@ -1,0 +1,431 @@
+"""Client and Session: the gmmserve calls over one gRPC channel."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from gmmserve_client._errors import (
+    DeadlineExceeded,
+    GmmServeClientError,
+    NotFound,
+    SessionNotFound,
+    from_rpc_error,
+)
+from gmmserve_client._policy import SERVICE_NAME, ReconnectPolicy, RetryPolicy
+from gmmserve_client._stream import AckMode, BatchStream
+from gmmserve_client._batch import Batch
+from gmmserve_client._types import Position, SessionInfo, SnapshotInfo
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
+
+__all__ = ["Client", "Session"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_Response = TypeVar("_Response")
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _parse_stream_response(raw: bytes) -> tuple[int, pb.StreamBatchesResponse]:
+    """Parse a StreamBatches response, keeping its serialized size."""
+    return len(raw), pb.StreamBatchesResponse.FromString(raw)
+
+
+class Client:
+    """A connection to a gmmserve server.
+
+    Parameters
+    ----------
+    target : str
+        ``"host:port"`` or any gRPC target string.
+    timeout_s : float, default 10.0
+        Deadline of each unary call, retries included, in seconds.
+    retry : RetryPolicy, optional
+        gRPC's retry policy for unary calls on UNAVAILABLE.
+    reconnect : ReconnectPolicy, optional
+        How batch streams reconnect on UNAVAILABLE.
+    credentials : grpc.ChannelCredentials, optional
+        When given, the channel uses TLS with these credentials; otherwise
+        it is insecure.
+    max_message_bytes : int, default 64 MiB
+        Largest message the channel receives. Batches larger than the
+        server's message limit arrive as BatchParts, each within that limit.
+
+    Examples
+    --------
+    >>> with Client("127.0.0.1:50051") as client:  # doctest: +SKIP
+    ...     session = client.create_session(experiment="standard", seed=7)
+    ...     for batch in session.batches(max_batches=3):
+    ...         print(batch.global_index, batch.data.shape)
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 10.0,
+        retry: RetryPolicy | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be greater than 0, got {timeout_s!r}")
+        if max_message_bytes < 1:
+            raise ValueError(
+                f"max_message_bytes must be 1 or more, got {max_message_bytes!r}"
+            )
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        options = [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", self.retry.service_config()),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = pb_grpc.GmmServiceStub(self._channel)
+        self._stream_batches = self._channel.stream_stream(
+            f"/{SERVICE_NAME}/StreamBatches",
+            request_serializer=pb.StreamBatchesRequest.SerializeToString,
+            response_deserializer=_parse_stream_response,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; open streams end with CANCELLED."""
+        self._channel.close()
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Block until the channel connects.
+
+        Raises
+        ------
+        DeadlineExceeded
+            When the server cannot be reached within ``timeout_s`` seconds.
+        """
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise DeadlineExceeded(
+                f"server at {self.target} was not reachable within {timeout_s} s"
+            ) from None
+
+    def _unary(
+        self,
+        method: Callable[..., _Response],
+        request: Any,
+        not_found: type[NotFound] = NotFound,
+    ) -> _Response:
+        try:
+            return method(request, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, not_found) from error
+
+    def create_session(
+        self,
+        config: Mapping[str, Any] | str | None = None,
+        *,
+        experiment: str | None = None,
+        seed: int | None = None,
+        loader_id: str = "default",
+        batch_size: int = 16,
+        samples_per_epoch: int = 1000,
+        fixed_data: bool = False,
+        request_id: str | None = None,
+    ) -> Session:
+        """Create a session on the server.
+
+        Parameters
+        ----------
+        config : dict or str, optional
+            A data config as a dict or its JSON text. Exactly one of
+            ``config`` and ``experiment`` is required.
+        experiment : str, optional
+            The name of a bundled experiment config, such as ``"standard"``.
+        seed : int, optional
+            Base seed; when None the config's ``random_seed`` is used, and
+            when that is null too the server chooses one.
+        loader_id : str, default "default"
+            Keys the random stream, so "train" and "val" differ.
+        batch_size : int, default 16
+            Datasets per batch.
+        samples_per_epoch : int, default 1000
+            Datasets per epoch.
+        fixed_data : bool, default False
+            Every epoch repeats the batches of epoch 0.
+        request_id : str, optional
+            Makes the call idempotent: a second call with the same id and
+            settings returns the first session. A random id is used when
+            None, so gRPC's retries cannot create two sessions.
+
+        Raises
+        ------
+        InvalidArgument
+            When a setting or the config is invalid; the message names it.
+        """
+        if (config is None) == (experiment is None):
+            raise ValueError(
+                "exactly one of config and experiment is required, got "
+                f"config={config!r}, experiment={experiment!r}"
+            )
+        spec = pb.SessionSpec(
+            loader_id=loader_id,
+            batch_size=batch_size,
+            samples_per_epoch=samples_per_epoch,
+            fixed_data=fixed_data,
+        )
+        if experiment is not None:
+            spec.experiment = experiment
+        elif isinstance(config, str):
+            spec.config_json = config
+        else:
+            spec.config_json = json.dumps(dict(config or {}))
+        if seed is not None:
+            spec.seed = seed
+        request = pb.CreateSessionRequest(
+            spec=spec, request_id=request_id if request_id is not None else uuid.uuid4().hex
+        )
+        response = self._unary(self._stub.CreateSession, request)
+        info = SessionInfo.from_proto(response.session)
+        _LOGGER.info(
+            "session %s: %s on %s (seed %d, %d batches per epoch)",
+            info.session_id,
+            "attached to existing session" if response.existing else "created",
+            self.target,
+            info.seed,
+            info.batches_per_epoch,
+        )
+        return Session(self, info.session_id)
+
+    def session(self, session_id: str) -> Session:
+        """Attach to an existing session.
+
+        Raises
+        ------
+        SessionNotFound
+            When the server has no session with this id.
+        """
+        session = Session(self, session_id)
+        session.info()
+        return session
+
+    def list_sessions(self, page_size: int = 0) -> list[SessionInfo]:
+        """Return every session on the server, fetching all pages.
+
+        Parameters
+        ----------
+        page_size : int, default 0
+            Sessions per request; 0 selects the server's default.
+        """
+        sessions: list[SessionInfo] = []
+        token = ""
+        while True:
+            request = pb.ListSessionsRequest(page_size=page_size, page_token=token)
+            response = self._unary(self._stub.ListSessions, request)
+            sessions.extend(SessionInfo.from_proto(item) for item in response.sessions)
+            token = response.next_page_token
+            if not token:
+                return sessions
+
+
+class Session:
+    """A handle on one server session; see :meth:`Client.create_session`.
+
+    The handle stores no state beyond the id, so any number of handles, in
+    any process, may refer to the same session.
+    """
+
+    def __init__(self, client: Client, session_id: str) -> None:
+        self._client = client
+        self._id = session_id
+        self._streams: list[BatchStream] = []
+
+    def __repr__(self) -> str:
+        return f"Session({self._id!r}, target={self._client.target!r})"
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self._id
+
+    def info(self) -> SessionInfo:
+        """Fetch the session's settings and committed cursor from the server."""
+        request = pb.GetSessionRequest(session_id=self._id)
+        return SessionInfo.from_proto(
+            self._client._unary(self._client._stub.GetSession, request, SessionNotFound)
+        )
+
+    @property
+    def position(self) -> Position:
+        """The committed cursor, fetched from the server on each access."""
+        return self.info().position
+
+    def batches(
+        self,
+        start: int | None = None,
+        max_batches: int | None = None,
+        window: int = 4,
+        ack: AckMode = "auto",
+    ) -> BatchStream:
+        """Open a stream of batches.
+
+        Parameters
+        ----------
+        start : int, optional
+            Global index of the first batch; by default the committed cursor.
+        max_batches : int, optional
+            Stop after this many batches; by default stream until closed.
+        window : int, default 4
+            Batches the server may send ahead of the last acknowledgement.
+        ack : {"auto", "manual"}, default "auto"
+            "auto" acknowledges a batch when the next one is requested or
+            when the stream is closed; "manual" only through :meth:`ack`.
+
+        Returns
+        -------
+        BatchStream
+            An iterator of :class:`Batch` and a context manager that closes
+            the stream. The call starts on the first ``next``.
+        """
+        stream = BatchStream(
+            self,
+            self._client._stream_batches,
+            start=start,
+            max_batches=max_batches,
+            window=window,
+            ack=ack,
+            reconnect=self._client.reconnect,
+        )
+        self._streams.append(stream)
+        return stream
+
+    def ack(self, batch: Batch) -> None:
+        """Acknowledge ``batch`` and every batch before it (manual mode).
+
+        Raises
+        ------
+        GmmServeClientError
+            When no open stream of this handle yielded the batch.
+        """
+        for stream in reversed(self._streams):
+            last = stream.last_received
+            if not stream.closed and last is not None and batch.global_index <= last:
+                stream.ack(batch)
+                return
+        raise GmmServeClientError(
+            f"cannot acknowledge batch {batch.global_index}: no open stream of "
+            f"session {self._id} yielded it"
+        )
+
+    def _stream_closed(self, stream: BatchStream) -> None:
+        if stream in self._streams:
+            self._streams.remove(stream)
+
+    def snapshot(self, label: str = "") -> SnapshotInfo:
+        """Save the committed cursor under a new snapshot id."""
+        request = pb.SnapshotRequest(session_id=self._id, label=label)
+        response = self._client._unary(self._client._stub.Snapshot, request, SessionNotFound)
+        snapshot = SnapshotInfo.from_proto(response)
+        _LOGGER.info(
+            "session %s: snapshot %s at batch %d",
+            self._id,
+            snapshot.snapshot_id,
+            snapshot.position.global_index,
+        )
+        return snapshot
+
+    def restore(
+        self,
+        snapshot_id: str | None = None,
+        state: Mapping[str, Any] | str | None = None,
+    ) -> SessionInfo:
+        """Move the committed cursor to a snapshot's or a state document's.
+
+        Parameters
+        ----------
+        snapshot_id : str, optional
+            A snapshot of this session.
+        state : dict or str, optional
+            A state document (``GMMDataLoader.state_dict()``, the contents of
+            a file written by ``save_state``, or a snapshot's
+            ``state_json``). Exactly one of ``snapshot_id`` and ``state`` is
+            required.
+
+        Raises
+        ------
+        NotFound
+            When the session or the snapshot is unknown.
+        FailedPrecondition
+            When the snapshot or state belongs to another config or seed.
+        """
+        if (snapshot_id is None) == (state is None):
+            raise ValueError(
+                "exactly one of snapshot_id and state is required, got "
+                f"snapshot_id={snapshot_id!r}, state={'given' if state else state!r}"
+            )
+        request = pb.RestoreRequest(session_id=self._id)
+        if snapshot_id is not None:
+            request.snapshot_id = snapshot_id
+        elif isinstance(state, str):
+            request.state_json = state
+        else:
+            request.state_json = json.dumps(dict(state or {}))
+        response = self._client._unary(self._client._stub.Restore, request)
+        info = SessionInfo.from_proto(response.session)
+        _LOGGER.info(
+            "session %s: restored to batch %d from %s",
+            self._id,
+            info.position.global_index,
+            f"snapshot {snapshot_id}" if snapshot_id is not None else "a state document",
+        )
+        return info
+
+    def list_snapshots(self) -> list[SnapshotInfo]:
+        """Return the session's snapshots."""
+        request = pb.ListSnapshotsRequest(session_id=self._id)
+        response = self._client._unary(
+            self._client._stub.ListSnapshots, request, SessionNotFound
+        )
+        return [SnapshotInfo.from_proto(item) for item in response.snapshots]
+
+    def close(self) -> Position:
+        """Close the session on the server, deleting it and its snapshots.
+
+        Returns
+        -------
+        Position
+            The committed cursor at close.
+        """
+        for stream in list(self._streams):
+            stream.close()
+        request = pb.CloseSessionRequest(session_id=self._id)
+        response = self._client._unary(
+            self._client._stub.CloseSession, request, SessionNotFound
+        )
+        position = Position.from_proto(response.position)
+        _LOGGER.info("session %s: closed at batch %d", self._id, position.global_index)
+        return position
