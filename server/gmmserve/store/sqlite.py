@@ -1,0 +1,344 @@
+"""SQLite session store, the embedded default.
+
+One file, ``gmmserve.sqlite3`` in the data directory, in WAL mode. A single
+worker thread owns the connection and runs every query, so the event loop
+never blocks on SQLite and writes are applied in the order they were
+requested.
+
+Durability: with ``journal_mode=WAL`` and ``synchronous=NORMAL`` a commit is
+in the WAL file, in the operating system's page cache, when ``COMMIT``
+returns. A process crash (``kill -9``) therefore loses no committed write.
+A power loss or kernel crash may lose the last commits before the next
+checkpoint, but the database stays consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import functools
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gmmserve.errors import NotFoundError, StoreError
+from gmmserve.store._base import CursorConflictError, SessionRecord, SnapshotRecord, Store
+
+__all__ = ["DATABASE_NAME", "SNAPSHOT_PAUSE_ENV", "SQLiteStore"]
+
+_LOGGER = logging.getLogger(__name__)
+
+DATABASE_NAME = "gmmserve.sqlite3"
+
+# Test-only hook: when this variable names a file and that file exists while
+# a snapshot transaction is open, the store creates "<file>.paused" and waits
+# inside the transaction until the file is removed (at most
+# _SNAPSHOT_PAUSE_MAX_S). Crash tests use it to kill the server mid-write.
+SNAPSHOT_PAUSE_ENV = "GMMSERVE_TEST_SNAPSHOT_PAUSE_FILE"
+_SNAPSHOT_PAUSE_MAX_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    request_id TEXT UNIQUE,
+    spec_json TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    base_seed INTEGER,
+    resolved_config_json TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    batches_per_epoch INTEGER NOT NULL,
+    cursor INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    snapshot_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state_json TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_session ON snapshots (session_id, created_at);
+"""
+
+_SESSION_COLUMNS = (
+    "session_id, request_id, spec_json, seed, base_seed, resolved_config_json, "
+    "fingerprint, batches_per_epoch, cursor, generation, created_at, updated_at"
+)
+_SNAPSHOT_COLUMNS = (
+    "snapshot_id, session_id, label, cursor, fingerprint, state_json, created_at"
+)
+
+_T = TypeVar("_T")
+
+
+class SQLiteStore(Store):
+    """Sessions and snapshots in one SQLite file.
+
+    Build it with :meth:`open`; the constructor does no I/O.
+
+    Parameters
+    ----------
+    path : str or path
+        The database file; its directory is created when missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="gmmserve-store"
+        )
+        self._connection: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
+        """Open (creating when needed) the database at ``path``."""
+        store = cls(path)
+        await store._run(store._connect)
+        return store
+
+    @classmethod
+    async def open_in(cls, data_dir: str | os.PathLike[str]) -> SQLiteStore:
+        """Open ``gmmserve.sqlite3`` in the data directory ``data_dir``."""
+        return await cls.open(Path(data_dir) / DATABASE_NAME)
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._guarded, function, *args)
+        return await loop.run_in_executor(self._executor, call)
+
+    def _guarded(self, function: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return function(*args)
+        except sqlite3.Error as error:
+            raise StoreError(f"SQLite store {str(self.path)!r} failed: {error}") from error
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None leaves transactions to the explicit BEGIN below.
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        connection.execute("PRAGMA journal_mode=WAL")
+        # NORMAL skips the fsync on each commit; a committed write still
+        # survives a process crash (see the module docstring).
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.executescript(_SCHEMA)
+        self._connection = connection
+        _LOGGER.info("opened session store %s", self.path)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection
+        if connection is None:
+            raise StoreError(f"SQLite store {str(self.path)!r} is closed")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    # Sessions.
+
+    async def create_session(self, record: SessionRecord) -> tuple[SessionRecord, bool]:
+        return await self._run(self._create_session, record)
+
+    def _create_session(self, record: SessionRecord) -> tuple[SessionRecord, bool]:
+        with self._transaction() as connection:
+            if record.request_id is not None:
+                row = connection.execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE request_id = ?",
+                    (record.request_id,),
+                ).fetchone()
+                if row is not None:
+                    return _session_from_row(row), True
+            connection.execute(
+                f"INSERT INTO sessions ({_SESSION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _session_to_row(record),
+            )
+        return record, False
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        return await self._run(self._get_session, session_id)
+
+    def _get_session(self, session_id: str) -> SessionRecord:
+        return _fetch_session(self._require_connection(), session_id)
+
+    async def list_sessions(
+        self, page_size: int, after: str | None = None
+    ) -> list[SessionRecord]:
+        return await self._run(self._list_sessions, page_size, after)
+
+    def _list_sessions(self, page_size: int, after: str | None) -> list[SessionRecord]:
+        connection = self._require_connection()
+        rows = connection.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id > ? "
+            "ORDER BY session_id LIMIT ?",
+            (after or "", page_size),
+        ).fetchall()
+        return [_session_from_row(row) for row in rows]
+
+    async def set_cursor(
+        self, session_id: str, cursor: int, expected_generation: int | None = None
+    ) -> SessionRecord:
+        return await self._run(self._set_cursor, session_id, cursor, expected_generation)
+
+    def _set_cursor(
+        self, session_id: str, cursor: int, expected_generation: int | None
+    ) -> SessionRecord:
+        with self._transaction() as connection:
+            record = _fetch_session(connection, session_id)
+            if expected_generation is not None and record.generation != expected_generation:
+                raise CursorConflictError(
+                    f"session {session_id!r} cursor is at generation "
+                    f"{record.generation}, expected {expected_generation}: another "
+                    "writer moved it"
+                )
+            now = time.time()
+            connection.execute(
+                "UPDATE sessions SET cursor = ?, generation = ?, updated_at = ? "
+                "WHERE session_id = ?",
+                (cursor, record.generation + 1, now, session_id),
+            )
+        return _replace_cursor(record, cursor, now)
+
+    async def delete_session(self, session_id: str) -> SessionRecord:
+        return await self._run(self._delete_session, session_id)
+
+    def _delete_session(self, session_id: str) -> SessionRecord:
+        with self._transaction() as connection:
+            record = _fetch_session(connection, session_id)
+            connection.execute("DELETE FROM snapshots WHERE session_id = ?", (session_id,))
+            connection.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+        return record
+
+    # Snapshots.
+
+    async def put_snapshot(self, record: SnapshotRecord) -> None:
+        await self._run(self._put_snapshot, record)
+
+    def _put_snapshot(self, record: SnapshotRecord) -> None:
+        with self._transaction() as connection:
+            found = connection.execute(
+                "SELECT 1 FROM sessions WHERE session_id = ?", (record.session_id,)
+            ).fetchone()
+            if found is None:
+                raise NotFoundError(f"session {record.session_id!r} not found")
+            connection.execute(
+                f"INSERT INTO snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.snapshot_id,
+                    record.session_id,
+                    record.label,
+                    record.cursor,
+                    record.fingerprint,
+                    record.state_json,
+                    record.created_at,
+                ),
+            )
+            connection.execute(
+                "UPDATE sessions SET updated_at = ? WHERE session_id = ?",
+                (record.created_at, record.session_id),
+            )
+            _pause_for_crash_test()
+
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotRecord:
+        return await self._run(self._get_snapshot, snapshot_id)
+
+    def _get_snapshot(self, snapshot_id: str) -> SnapshotRecord:
+        connection = self._require_connection()
+        row = connection.execute(
+            f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE snapshot_id = ?",
+            (snapshot_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"snapshot {snapshot_id!r} not found")
+        return SnapshotRecord(*row)
+
+    async def list_snapshots(self, session_id: str) -> list[SnapshotRecord]:
+        return await self._run(self._list_snapshots, session_id)
+
+    def _list_snapshots(self, session_id: str) -> list[SnapshotRecord]:
+        connection = self._require_connection()
+        rows = connection.execute(
+            f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE session_id = ? "
+            "ORDER BY created_at, snapshot_id",
+            (session_id,),
+        ).fetchall()
+        return [SnapshotRecord(*row) for row in rows]
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+            _LOGGER.info("closed session store %s", self.path)
+
+    def _require_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"SQLite store {str(self.path)!r} is closed")
+        return self._connection
+
+
+def _session_to_row(record: SessionRecord) -> tuple[Any, ...]:
+    return (
+        record.session_id,
+        record.request_id,
+        record.spec_json,
+        record.seed,
+        record.base_seed,
+        record.resolved_config_json,
+        record.fingerprint,
+        record.batches_per_epoch,
+        record.cursor,
+        record.generation,
+        record.created_at,
+        record.updated_at,
+    )
+
+
+def _session_from_row(row: tuple[Any, ...]) -> SessionRecord:
+    return SessionRecord(*row)
+
+
+def _fetch_session(connection: sqlite3.Connection, session_id: str) -> SessionRecord:
+    row = connection.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"session {session_id!r} not found")
+    return _session_from_row(row)
+
+
+def _replace_cursor(record: SessionRecord, cursor: int, now: float) -> SessionRecord:
+    return dataclasses.replace(
+        record, cursor=cursor, generation=record.generation + 1, updated_at=now
+    )
+
+
+def _pause_for_crash_test() -> None:
+    trigger = os.environ.get(SNAPSHOT_PAUSE_ENV)
+    if not trigger or not os.path.exists(trigger):
+        return
+    marker = Path(f"{trigger}.paused")
+    marker.touch()
+    _LOGGER.warning(
+        "test hook: pausing inside a snapshot transaction until %s is removed", trigger
+    )
+    deadline = time.monotonic() + _SNAPSHOT_PAUSE_MAX_S
+    while os.path.exists(trigger) and time.monotonic() < deadline:
+        time.sleep(0.05)
