@@ -100,8 +100,9 @@ class GmmServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Persists the cursor and forgets the session's live state; its row and
-        snapshots are deleted. NOT_FOUND for an unknown session.
+        """Ends the session's open streams with ABORTED, deletes its row and its
+        snapshots, and returns the committed position. NOT_FOUND for an unknown
+        session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,9 +110,19 @@ class GmmServiceServicer:
 
     def StreamBatches(self, request_iterator, context):
         """The first request must be a StreamStart; later requests are Acks. The
-        committed cursor advances only on Acks. The stream ends with OK after
-        max_batches, CANCELLED when the client cancels, and UNAVAILABLE when the
-        server shuts down.
+        committed cursor advances only on Acks. The stream ends with:
+        OK                  after max_batches are acknowledged, or when the
+        client half-closes and the window allows no more
+        batches (batches the window still allows are sent
+        first);
+        CANCELLED           when the client cancels;
+        ABORTED             when the session is restored or closed while the
+        stream is open; acks received after that no
+        longer move the cursor;
+        UNAVAILABLE         when the server shuts down; the message names the
+        committed batch to resume at;
+        RESOURCE_EXHAUSTED  when the server already has its maximum of open
+        streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,8 +136,12 @@ class GmmServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Restore(self, request, context):
-        """Moves the committed position to a snapshot's or a state document's.
-        FAILED_PRECONDITION when it belongs to another config or seed.
+        """Moves the committed position to a snapshot's or a state document's, and
+        ends the session's open streams with ABORTED. FAILED_PRECONDITION when
+        the state belongs to another config or seed or format version;
+        INVALID_ARGUMENT when it is malformed. A state with another
+        batches_per_epoch keeps its epoch and batch (a batch past the epoch's
+        end moves to the next epoch's start), and the server logs a warning.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,257 @@
+"""Server startup and shutdown, in the foreground or in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gmmserve.service._servicer import GmmServicer
+from gmmserve.service._sessions import SessionRegistry
+from gmmserve.service._settings import ServerSettings
+from gmmserve.store import SQLiteStore
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
+
+__all__ = ["SERVICE_NAME", "BackgroundServer", "GmmServer", "serve", "serve_settings"]
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GmmService"].full_name
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+class GmmServer:
+    """One gRPC server with its store, registry and worker threads.
+
+    Call :meth:`start` and later :meth:`stop` on one event loop.
+
+    Parameters
+    ----------
+    settings : ServerSettings
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self.registry: SessionRegistry | None = None
+        self._server: grpc.aio.Server | None = None
+        self._store: SQLiteStore | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = False
+
+    async def start(self) -> int:
+        """Open the store, bind and start serving; return the bound port.
+
+        Raises
+        ------
+        OSError
+            When the address cannot be bound.
+        """
+        settings = self.settings
+        self._store = await SQLiteStore.open_in(settings.data_dir)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="gmmserve-batch"
+        )
+        self.registry = SessionRegistry(self._store, settings.limits)
+        # so_reuseport=0 makes a second server on a busy port fail to bind
+        # instead of sharing the port.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_GmmServiceServicer_to_server(
+            GmmServicer(self.registry, settings, self._executor), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        address = _address(settings.host, settings.port)
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            await self._store.close()
+            raise OSError(f"failed to bind {address}: {error}") from None
+        if self.port == 0:
+            await self._store.close()
+            raise OSError(f"failed to bind {address}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _LOGGER.info(
+            "gmmserve listening on %s with data in %s",
+            _address(settings.host, self.port),
+            settings.data_dir,
+        )
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop serving: end open streams with UNAVAILABLE, then close the store.
+
+        New RPCs are rejected at once. Open RPCs get ``grace_s`` seconds
+        (default: the settings' grace period) before they are cancelled.
+        Cursor writes already submitted finish before the store closes.
+        """
+        if self._stopped or self._server is None:
+            return
+        self._stopped = True
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        _LOGGER.info("gmmserve stopping with a grace period of %.1f s", grace)
+        await self._health.enter_graceful_shutdown()
+        stopping = asyncio.ensure_future(self._server.stop(grace))
+        assert self.registry is not None
+        ended = self.registry.begin_shutdown()
+        _LOGGER.info("asked %d open streams to end", ended)
+        await stopping
+        assert self._executor is not None and self._store is not None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._store.close()
+        _LOGGER.info("gmmserve stopped")
+
+
+async def serve_settings(
+    settings: ServerSettings,
+    *,
+    on_started: Callable[[int], None] | None = None,
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM, SIGINT or ``stop_event``, then stop gracefully.
+
+    Parameters
+    ----------
+    settings : ServerSettings
+    on_started : callable, optional
+        Called with the bound port once the server accepts RPCs.
+    stop_event : asyncio.Event, optional
+        Setting it stops the server as a signal would. Without it, SIGTERM
+        and SIGINT handlers are installed on the running loop.
+    """
+    server = GmmServer(settings)
+    port = await server.start()
+    if on_started is not None:
+        on_started(port)
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    if stop_event is None:
+        stop_event = asyncio.Event()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, stop_event.set)
+            handled.append(signal_number)
+    try:
+        await stop_event.wait()
+    finally:
+        for signal_number in handled:
+            loop.remove_signal_handler(signal_number)
+        await server.stop()
+
+
+async def serve(
+    host: str,
+    port: int,
+    data_dir: str | Any,
+    *,
+    grace_s: float = 10.0,
+    on_started: Callable[[int], None] | None = None,
+    **options: Any,
+) -> None:
+    """Serve GmmService on ``host:port`` with sessions stored in ``data_dir``.
+
+    Runs until SIGTERM or SIGINT, then stops accepting RPCs, ends open
+    streams with UNAVAILABLE and returns within about ``grace_s`` seconds.
+    Port 0 binds a free port, which ``on_started`` receives and the log
+    reports. ``options`` are further :class:`ServerSettings` fields.
+    """
+    settings = ServerSettings(
+        host=host, port=port, data_dir=data_dir, grace_s=grace_s, **options
+    )
+    await serve_settings(settings, on_started=on_started)
+
+
+class BackgroundServer:
+    """A server running on its own event loop in a daemon thread, for tests.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`.
+
+    Parameters
+    ----------
+    settings : ServerSettings
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._server: GmmServer | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout_s: float = 30.0) -> int:
+        """Start the server thread and return the bound port."""
+        self._thread = threading.Thread(target=self._run, name="gmmserve-server", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout_s):
+            raise TimeoutError(f"server did not start within {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        return self.port
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._server = GmmServer(self.settings)
+        try:
+            self.port = await self._server.start()
+        except BaseException as error:
+            self._error = error
+            self._started.set()
+            return
+        self._started.set()
+        await self._stop_event.wait()
+        await self._server.stop()
+
+    @property
+    def open_stream_count(self) -> int:
+        """Streams open on the server, read on its event loop."""
+        assert self._loop is not None and self._server is not None
+        registry = self._server.registry
+        assert registry is not None
+
+        async def count() -> int:
+            return registry.open_stream_count
+
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(timeout=10)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server gracefully and join its thread."""
+        if self._loop is None or self._stop_event is None or self._thread is None:
+            return
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutError(f"server did not stop within {timeout_s} s")
+
+    def __enter__(self) -> BackgroundServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,220 @@
+"""Validation of session specs and the loaders built from session rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import secrets
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from gmmserve.config import MAX_SEED, DataConfig, Limits, experiment_config, load_config
+from gmmserve.errors import ConfigError
+from gmmserve.generator import derive_seed
+from gmmserve.loader import GMMDataLoader
+from gmmserve.state import config_seed_fingerprint
+from gmmserve.store import SessionRecord
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+
+__all__ = [
+    "MAX_BASE_SEED",
+    "MAX_ID_LENGTH",
+    "build_loader",
+    "check_id",
+    "new_session_record",
+    "new_snapshot_id",
+    "normalize_spec",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 128
+# GMMDataLoader adds an offset below 10^6 to the base seed, and the sum must
+# stay an exact JSON number.
+MAX_BASE_SEED = MAX_SEED - 1_000_000
+DEFAULT_LOADER_ID = "default"
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def check_id(field: str, value: str) -> str:
+    """Return ``value`` when it is a well-formed id, else raise ConfigError."""
+    if not value:
+        raise ConfigError(field, "is required; pass the id the server returned")
+    if len(value) > MAX_ID_LENGTH or _ID_PATTERN.fullmatch(value) is None:
+        raise ConfigError(
+            field,
+            f"{value[:MAX_ID_LENGTH]!r} is not a valid id; ids are 1 to "
+            f"{MAX_ID_LENGTH} characters from A-Z, a-z, 0-9, '_', '-', '.' and ':'",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class NormalizedSpec:
+    """A validated session spec with defaults filled in.
+
+    Attributes
+    ----------
+    fields : dict
+        The spec's fields as JSON values; ``seed`` is absent when not given.
+    config : DataConfig
+    """
+
+    fields: dict[str, Any]
+    config: DataConfig
+
+    def to_json(self) -> str:
+        return json.dumps(self.fields, sort_keys=True, separators=(",", ":"))
+
+
+def _load_quietly(raw: dict[str, Any] | str, limits: Limits) -> DataConfig:
+    # Bundled configs carry legacy keys, and their warning would repeat on
+    # every session; the keys change nothing.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = load_config(raw, limits)
+    for warning in caught:
+        _LOGGER.debug("config warning: %s", warning.message)
+    return config
+
+
+def normalize_spec(spec: pb.SessionSpec, limits: Limits) -> NormalizedSpec:
+    """Validate a SessionSpec and load its config.
+
+    Raises
+    ------
+    ConfigError
+        Naming the field, the value given and the accepted range.
+    """
+    fields: dict[str, Any] = {}
+    which = spec.WhichOneof("config")
+    if which == "experiment":
+        fields["experiment"] = spec.experiment
+        config = _load_quietly(experiment_config(spec.experiment), limits)
+    elif which == "config_json":
+        if not spec.config_json.strip().startswith("{"):
+            raise ConfigError(
+                "spec.config_json",
+                f"must be the JSON text of a config object, got {spec.config_json[:80]!r}",
+            )
+        fields["config_json"] = spec.config_json
+        config = _load_quietly(spec.config_json, limits)
+    else:
+        raise ConfigError("spec.config", "is missing; set config_json or experiment")
+
+    if spec.HasField("seed"):
+        if spec.seed > MAX_BASE_SEED:
+            raise ConfigError(
+                "spec.seed", f"{spec.seed} is out of range; accepted range is [0, {MAX_BASE_SEED}]"
+            )
+        fields["seed"] = spec.seed
+    loader_id = spec.loader_id or DEFAULT_LOADER_ID
+    if len(loader_id) > MAX_ID_LENGTH:
+        raise ConfigError(
+            "spec.loader_id",
+            f"has {len(loader_id)} characters; accepted length is 1 to {MAX_ID_LENGTH}",
+        )
+    fields["loader_id"] = loader_id
+    if not 1 <= spec.batch_size <= limits.max_batch_size:
+        raise ConfigError(
+            "spec.batch_size",
+            f"{spec.batch_size} is out of range; accepted range is [1, {limits.max_batch_size}]",
+        )
+    fields["batch_size"] = spec.batch_size
+    if not 1 <= spec.samples_per_epoch <= MAX_SEED:
+        raise ConfigError(
+            "spec.samples_per_epoch",
+            f"{spec.samples_per_epoch} is out of range; accepted range is [1, {MAX_SEED}]",
+        )
+    fields["samples_per_epoch"] = spec.samples_per_epoch
+    fields["fixed_data"] = spec.fixed_data
+    return NormalizedSpec(fields=fields, config=config)
+
+
+def spec_message(spec_json: str) -> pb.SessionSpec:
+    """Rebuild the SessionSpec message of a stored spec."""
+    fields = json.loads(spec_json)
+    return pb.SessionSpec(**fields)
+
+
+def new_session_record(
+    spec: NormalizedSpec, request_id: str | None, limits: Limits
+) -> SessionRecord:
+    """Build the row of a new session, choosing its seed when the spec has none.
+
+    Raises
+    ------
+    ConfigError
+        When a batch of this spec could exceed the element limit.
+    """
+    fields = spec.fields
+    base_seed = fields.get("seed")
+    seed = derive_seed(base_seed, fields["loader_id"], spec.config.model.random_seed)
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    batch_size = fields["batch_size"]
+    now = time.time()
+    record = SessionRecord(
+        session_id="ses_" + secrets.token_urlsafe(16),
+        request_id=request_id,
+        spec_json=spec.to_json(),
+        seed=seed,
+        base_seed=base_seed,
+        resolved_config_json=spec.config.to_json(),
+        fingerprint=config_seed_fingerprint(spec.config.resolved, seed),
+        batches_per_epoch=math.ceil(fields["samples_per_epoch"] / batch_size),
+        cursor=0,
+        generation=0,
+        created_at=now,
+        updated_at=now,
+    )
+    # Building the loader once checks the batch element limit.
+    build_loader(record, limits)
+    return record
+
+
+def new_snapshot_id() -> str:
+    return "snap_" + secrets.token_urlsafe(16)
+
+
+def build_loader(record: SessionRecord, limits: Limits) -> GMMDataLoader:
+    """Build the loader of a session row, positioned at batch 0 of epoch 0.
+
+    Raises
+    ------
+    ConfigError
+        When the loader rejects the batch size or the batch element count.
+    """
+    fields = json.loads(record.spec_json)
+    try:
+        loader = GMMDataLoader(
+            _load_quietly(json.loads(record.resolved_config_json), limits),  # type: ignore[arg-type]
+            batch_size=fields["batch_size"],
+            num_samples=fields["samples_per_epoch"],
+            base_seed=record.base_seed,
+            loader_id=fields["loader_id"],
+            fixed_data=fields["fixed_data"],
+            limits=limits,
+        )
+    except ValueError as error:
+        raise ConfigError("spec.batch_size", str(error)) from None
+    if loader.seed != record.seed:
+        _adopt_seed(loader, record.seed)
+    return loader
+
+
+def _adopt_seed(loader: GMMDataLoader, seed: int) -> None:
+    # The server chose this session's seed, and the loader drew another
+    # because neither a base seed nor the config fixes one. Restoring a state
+    # document that carries the recorded seed is how a loader adopts a seed.
+    document = loader.state_dict()
+    document["fingerprint"] = config_seed_fingerprint(loader.config.resolved, seed)
+    document["loader_state"]["seed"] = seed
+    document["param_generator_state"]["seed"] = seed
+    document["data_generator_state"]["seed"] = seed
+    loader.restore_state(document)
+    loader.seek(0, 0)

@@ -1,0 +1,300 @@
+"""StreamBatches: batches sent ahead of acknowledgements, within a window.
+
+The stream keeps at most ``window`` batches sent but not acknowledged.
+Batches are generated and encoded in a thread pool, up to the window ahead,
+so numpy work never runs on the event loop. Each Ack is persisted before the
+next request is handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from gmmserve.config import MAX_SEED
+from gmmserve.errors import ConfigError
+from gmmserve.generator import ARRAY_NAMES, fingerprint_arrays
+from gmmserve.loader import GMMDataLoader
+from gmmserve.service._sessions import LiveSession, OpenStream, SessionRegistry
+from gmmserve.service._settings import ServerSettings
+from gmmserve.service._spec import check_id
+from gmmserve.service._status import StreamEndedError
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+
+__all__ = ["encode_batch", "stream_batches"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_HALF_CLOSE = object()
+
+
+def position_message(global_index: int, batches_per_epoch: int) -> pb.Position:
+    epoch, batch_index = divmod(global_index, batches_per_epoch)
+    return pb.Position(epoch=epoch, batch_index=batch_index, global_index=global_index)
+
+
+def encode_batch(
+    loader: GMMDataLoader, global_index: int, part_size: int
+) -> list[pb.StreamBatchesResponse]:
+    """Generate one batch and encode it as one Batch or as BatchParts.
+
+    Runs in a worker thread. A batch whose serialized size exceeds
+    ``part_size`` bytes becomes ``ceil(size / part_size)`` parts.
+    """
+    position = position_message(global_index, loader.batches_per_epoch)
+    batch = loader.batch_at(position.epoch, position.batch_index)
+    arrays = []
+    for name in ARRAY_NAMES:
+        array = np.ascontiguousarray(batch.arrays[name])
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        arrays.append(
+            pb.Array(name=name, dtype=little.dtype.str, shape=little.shape, data=little.tobytes())
+        )
+    message = pb.Batch(
+        position=position, arrays=arrays, fingerprint=fingerprint_arrays(batch.arrays)
+    )
+    if message.ByteSize() <= part_size:
+        return [pb.StreamBatchesResponse(batch=message)]
+    payload = message.SerializeToString()
+    count = math.ceil(len(payload) / part_size)
+    return [
+        pb.StreamBatchesResponse(
+            part=pb.BatchPart(
+                position=position,
+                part_index=index,
+                part_count=count,
+                payload=payload[index * part_size : (index + 1) * part_size],
+            )
+        )
+        for index in range(count)
+    ]
+
+
+class _BatchStream:
+    """The state of one StreamBatches call between its start and its end."""
+
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        settings: ServerSettings,
+        executor: concurrent.futures.Executor,
+        live: LiveSession,
+        handle: OpenStream,
+        start: int,
+        window: int,
+        max_batches: int,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.executor = executor
+        self.live = live
+        self.handle = handle
+        self.start = start
+        self.window = window
+        self.end = start + max_batches if max_batches else None
+        self.next_send = start
+        # Every batch below this index has been acknowledged; the window
+        # counts from here.
+        self.acked_through = start
+        self.sent = 0
+        self.acked = 0
+        self.half_closed = False
+        self.requests: asyncio.Queue[Any] = asyncio.Queue()
+        self.pending: dict[int, asyncio.Future[list[pb.StreamBatchesResponse]]] = {}
+        self.next_schedule = start
+
+    def _window_end(self) -> int:
+        window_end = self.acked_through + self.window
+        return window_end if self.end is None else min(window_end, self.end)
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        window_end = self._window_end()
+        while self.next_schedule < window_end:
+            self.pending[self.next_schedule] = loop.run_in_executor(
+                self.executor,
+                encode_batch,
+                self.live.loader,
+                self.next_schedule,
+                self.settings.part_size,
+            )
+            self.next_schedule += 1
+
+    async def run(self, context: grpc.aio.ServicerContext) -> None:
+        """Send batches and handle requests until the stream ends."""
+        request_task: asyncio.Task[Any] | None = None
+        end_task = asyncio.ensure_future(self.handle.wakeup.wait())
+        try:
+            while True:
+                self._raise_if_ended()
+                self._schedule()
+                if self.end is not None and self.acked_through >= self.end:
+                    return
+                can_send = self.next_send < self._window_end()
+                if self.half_closed and not can_send:
+                    return
+                if request_task is None and not self.half_closed:
+                    request_task = asyncio.ensure_future(self.requests.get())
+                waits: set[asyncio.Future[Any]] = {end_task}
+                if request_task is not None:
+                    waits.add(request_task)
+                if can_send:
+                    waits.add(self.pending[self.next_send])
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                self._raise_if_ended()
+                if request_task is not None and request_task.done():
+                    request = request_task.result()
+                    request_task = None
+                    await self._handle_request(request)
+                elif can_send and self.pending[self.next_send].done():
+                    await self._send(context)
+        finally:
+            end_task.cancel()
+            if request_task is not None:
+                request_task.cancel()
+            for future in self.pending.values():
+                future.cancel()
+
+    def _raise_if_ended(self) -> None:
+        if self.handle.end_status is not None:
+            code, template = self.handle.end_status
+            raise StreamEndedError(code, template.format(cursor=self.live.record.cursor))
+
+    async def _send(self, context: grpc.aio.ServicerContext) -> None:
+        messages = await self.pending.pop(self.next_send)
+        for message in messages:
+            await context.write(message)
+        self.next_send += 1
+        self.sent += 1
+
+    async def _handle_request(self, request: Any) -> None:
+        if request is _HALF_CLOSE:
+            self.half_closed = True
+            return
+        if request.WhichOneof("kind") != "ack":
+            raise ConfigError(
+                "request", "only the first request may be a StreamStart; later ones are Acks"
+            )
+        index = request.ack.global_index
+        if not self.start - 1 <= index < self.next_send:
+            low = max(self.start - 1, 0)
+            if self.next_send == self.start and self.start == 0:
+                accepted = "none, because no batch has been sent yet"
+            else:
+                accepted = (
+                    f"[{low}, {self.next_send - 1}], from the stream's start - 1 "
+                    "to the last batch sent"
+                )
+            raise ConfigError(
+                "ack.global_index", f"{index} is out of range; the accepted range is {accepted}"
+            )
+        if await self.registry.acknowledge(self.live, self.handle, index + 1):
+            self.acked_through = max(self.acked_through, index + 1)
+            self.acked += 1
+
+
+async def _read_requests(
+    requests: AsyncIterator[pb.StreamBatchesRequest], queue: asyncio.Queue[Any]
+) -> None:
+    async for request in requests:
+        queue.put_nowait(request)
+    queue.put_nowait(_HALF_CLOSE)
+
+
+def _check_start(start: pb.StreamStart, settings: ServerSettings) -> tuple[int, int]:
+    check_id("start.session_id", start.session_id)
+    window = start.window or settings.default_window
+    if window > settings.max_window:
+        raise ConfigError(
+            "start.window",
+            f"{window} is out of range; accepted range is [1, {settings.max_window}] "
+            f"(0 selects {settings.default_window})",
+        )
+    if start.HasField("start_global_index") and start.start_global_index > MAX_SEED:
+        raise ConfigError(
+            "start.start_global_index",
+            f"{start.start_global_index} is out of range; accepted range is [0, {MAX_SEED}]",
+        )
+    if start.max_batches > MAX_SEED:
+        raise ConfigError(
+            "start.max_batches",
+            f"{start.max_batches} is out of range; accepted range is [0, {MAX_SEED}]",
+        )
+    return window, start.max_batches
+
+
+async def stream_batches(
+    registry: SessionRegistry,
+    settings: ServerSettings,
+    executor: concurrent.futures.Executor,
+    requests: AsyncIterator[pb.StreamBatchesRequest],
+    context: grpc.aio.ServicerContext,
+) -> None:
+    """Serve one StreamBatches call; errors propagate for the caller to map."""
+    try:
+        first = await anext(requests)
+    except StopAsyncIteration:
+        raise ConfigError("start", "is missing; the first request must be a StreamStart")
+    if first.WhichOneof("kind") != "start":
+        raise ConfigError("start", "is missing; the first request must be a StreamStart")
+    window, max_batches = _check_start(first.start, settings)
+    if registry.open_stream_count >= settings.max_streams:
+        raise StreamEndedError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the server has {settings.max_streams} open streams, its limit; retry later",
+        )
+    live = await registry.live(first.start.session_id)
+    handle = registry.open_stream(live)
+    session_id = live.record.session_id
+    if first.start.HasField("start_global_index"):
+        start = first.start.start_global_index
+    else:
+        start = live.record.cursor
+    stream = _BatchStream(
+        registry, settings, executor, live, handle, start, window, max_batches
+    )
+    reader = asyncio.ensure_future(_read_requests(requests, stream.requests))
+    _LOGGER.info(
+        "session %s stream %d opened at batch %d, window %d, max_batches %d, peer %s",
+        session_id,
+        handle.stream_id,
+        start,
+        window,
+        max_batches,
+        context.peer(),
+    )
+    outcome = "OK"
+    try:
+        await stream.run(context)
+    except StreamEndedError as error:
+        outcome = error.code.name
+        raise
+    except ConfigError:
+        outcome = grpc.StatusCode.INVALID_ARGUMENT.name
+        raise
+    except asyncio.CancelledError:
+        outcome = "CANCELLED"
+        raise
+    except Exception as error:
+        outcome = type(error).__name__
+        raise
+    finally:
+        reader.cancel()
+        registry.close_stream(live, handle)
+        _LOGGER.info(
+            "session %s stream %d closed (%s): %d batches sent, %d acknowledged, "
+            "cursor at batch %d",
+            session_id,
+            handle.stream_id,
+            outcome,
+            stream.sent,
+            stream.acked,
+            live.record.cursor,
+        )

@@ -1,0 +1,209 @@
+"""Helpers for server tests: servers on 127.0.0.1, streams and batch decoding."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from gmmserve.generator import ARRAY_NAMES, Batch
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
+
+# Generous bound for one RPC or one received message; never a timing check.
+RPC_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A streamed batch: its position, arrays and fingerprint."""
+
+    epoch: int
+    batch_index: int
+    global_index: int
+    arrays: dict[str, np.ndarray]
+    fingerprint: str
+    part_count: int
+
+
+def decode_batch(message: pb.Batch, part_count: int = 0) -> DecodedBatch:
+    """Turn a Batch message into numpy arrays (views of the message bytes)."""
+    arrays = {
+        array.name: np.frombuffer(array.data, dtype=np.dtype(array.dtype)).reshape(
+            tuple(array.shape)
+        )
+        for array in message.arrays
+    }
+    return DecodedBatch(
+        epoch=message.position.epoch,
+        batch_index=message.position.batch_index,
+        global_index=message.position.global_index,
+        arrays=arrays,
+        fingerprint=message.fingerprint,
+        part_count=part_count,
+    )
+
+
+def assert_batch_equal(received: DecodedBatch, expected: Batch) -> None:
+    """Assert that a streamed batch equals a generated one bit for bit."""
+    assert list(received.arrays) == list(ARRAY_NAMES)
+    for name in ARRAY_NAMES:
+        got = received.arrays[name]
+        want = np.ascontiguousarray(expected.arrays[name])
+        assert got.dtype == want.dtype, name
+        assert got.shape == want.shape, name
+        assert got.tobytes() == want.tobytes(), name
+    assert received.fingerprint == expected.fingerprint()
+
+
+class BatchStream:
+    """A StreamBatches call driven from the test thread.
+
+    Requests go through a queue that gRPC's request thread drains, so the
+    test decides when each Ack is sent.
+    """
+
+    def __init__(self, stub: pb_grpc.GmmServiceStub, **start: Any) -> None:
+        self._requests: queue.Queue[pb.StreamBatchesRequest | None] = queue.Queue()
+        self._requests.put(pb.StreamBatchesRequest(start=pb.StreamStart(**start)))
+        self.call = stub.StreamBatches(iter(self._requests.get, None), timeout=120)
+        self._responses = iter(self.call)
+
+    def next_batch(self) -> DecodedBatch:
+        """Receive one batch, joining its parts when it was split."""
+        response = next(self._responses)
+        if response.WhichOneof("kind") == "batch":
+            return decode_batch(response.batch)
+        part = response.part
+        payloads = [part.payload]
+        assert part.part_index == 0
+        for index in range(1, part.part_count):
+            following = next(self._responses).part
+            assert following.part_index == index
+            assert following.part_count == part.part_count
+            assert following.position == part.position
+            payloads.append(following.payload)
+        return decode_batch(pb.Batch.FromString(b"".join(payloads)), part.part_count)
+
+    def ack(self, global_index: int) -> None:
+        self._requests.put(pb.StreamBatchesRequest(ack=pb.Ack(global_index=global_index)))
+
+    def half_close(self) -> None:
+        self._requests.put(None)
+
+    def cancel(self) -> None:
+        self.call.cancel()
+        self._requests.put(None)
+
+    def finish(self) -> grpc.RpcError | None:
+        """Read to the end of the stream; return its error, or None on OK."""
+        try:
+            for _ in self._responses:
+                pass
+        except grpc.RpcError as error:
+            self._requests.put(None)
+            return error
+        self._requests.put(None)
+        return None
+
+
+def open_channel(port: int) -> grpc.Channel:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_S)
+    return channel
+
+
+def create_session(stub: pb_grpc.GmmServiceStub, **spec: Any) -> pb.SessionInfo:
+    response = stub.CreateSession(
+        pb.CreateSessionRequest(spec=pb.SessionSpec(**spec)), timeout=RPC_TIMEOUT_S
+    )
+    return response.session
+
+
+class ServerProcess:
+    """``python -m gmmserve.service`` on 127.0.0.1, port 0, in a subprocess.
+
+    Parameters
+    ----------
+    data_dir : Path
+    env : dict, optional
+        Extra environment variables for the server.
+    """
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port_file = data_dir / f"port-{time.monotonic_ns()}.json"
+        self.log_path = data_dir / "server.log"
+        environment = dict(os.environ)
+        environment.update(env or {})
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gmmserve.service",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                "--grace",
+                "10",
+                "--port-file",
+                str(self.port_file),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+        self.port = self._wait_for_port()
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.port_file.exists():
+                return int(json.loads(self.port_file.read_text())["port"])
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError("server did not report its port within 60 s")
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._log.close()
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM the server and return its exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout_s)
+        self._log.close()
+        return code
+
+    def log_text(self) -> str:
+        return self.log_path.read_text()
+
+
+def iterate_server_processes(data_dir: Path) -> Iterator[ServerProcess]:
+    """Yield servers on ``data_dir`` one after another, killing each at the end."""
+    while True:
+        server = ServerProcess(data_dir)
+        try:
+            yield server
+        finally:
+            server.kill()
