@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
+from gmmserve.demo import ServerProcess
 from gmmserve.generator import ARRAY_NAMES as SERVER_ARRAY_NAMES
 from gmmserve.generator import fingerprint_arrays as server_fingerprint
 from gmmserve.loader import GMMDataLoader
+from gmmserve.service import BackgroundServer, ServerSettings
 from gmmserve_client import (
     ARRAY_NAMES,
+    Batch,
     BatchIntegrityError,
+    Client,
+    FailedPrecondition,
     GmmServeClientError,
     InvalidArgument,
     NotFound,
+    ReconnectPolicy,
     RetryPolicy,
+    Session,
     SessionNotFound,
+    StreamInterrupted,
     decode_batch,
     fingerprint_arrays,
 )
@@ -28,7 +40,7 @@ from gmmserve_client._batch import PartAssembler
 from gmmserve_proto.v1 import gmmserve_pb2 as pb
 
 
-def _loader(name: str = "standard", **kwargs: Any) -> GMMDataLoader:
+def _loader(name: str | dict[str, Any] = "standard", **kwargs: Any) -> GMMDataLoader:
     settings: dict[str, Any] = {"batch_size": 4, "num_samples": 10, "loader_id": "test"}
     settings.update(kwargs)
     with warnings.catch_warnings():
@@ -214,3 +226,311 @@ def test_client_retry_policy_service_config() -> None:
 def test_client_retry_policy_rejects_six_attempts() -> None:
     with pytest.raises(ValueError, match=r"max_attempts must be an integer in \[1, 5\]"):
         RetryPolicy(max_attempts=6)
+
+
+# Tests against a real server: an in-process BackgroundServer for most, and a
+# `gmmserve serve` subprocess where the server must die with SIGKILL.
+
+_SEED = 321
+_BATCH_SIZE = 4
+_SAMPLES_PER_EPOCH = 10  # 3 batches per epoch: 4, 4 and 2 datasets
+
+
+@pytest.fixture(scope="module")
+def server_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("client-store")
+    )
+    with BackgroundServer(settings) as server:
+        yield f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def client(server_target: str) -> Iterator[Client]:
+    with Client(server_target, timeout_s=30.0) as connection:
+        yield connection
+
+
+def _create(client: Client, config: dict[str, Any], **kwargs: Any) -> Session:
+    settings: dict[str, Any] = {
+        "seed": _SEED,
+        "loader_id": "train",
+        "batch_size": _BATCH_SIZE,
+        "samples_per_epoch": _SAMPLES_PER_EPOCH,
+    }
+    settings.update(kwargs)
+    return client.create_session(config, **settings)
+
+
+def _local(config: dict[str, Any] | str, **kwargs: Any) -> GMMDataLoader:
+    settings: dict[str, Any] = {
+        "base_seed": _SEED,
+        "loader_id": "train",
+        "batch_size": _BATCH_SIZE,
+        "num_samples": _SAMPLES_PER_EPOCH,
+    }
+    settings.update(kwargs)
+    return _loader(config, **settings)
+
+
+def _assert_matches_loader(batches: list[Batch], loader: GMMDataLoader) -> None:
+    for batch in batches:
+        epoch, batch_index = divmod(batch.global_index, loader.batches_per_epoch)
+        assert (batch.epoch, batch.batch_index) == (epoch, batch_index)
+        expected = loader.batch_at(epoch, batch_index)
+        assert batch.fingerprint == expected.fingerprint()
+        for name, array in batch.arrays.items():
+            assert array.dtype == expected.arrays[name].dtype, name
+            assert array.shape == expected.arrays[name].shape, name
+            assert array.tobytes() == expected.arrays[name].tobytes(), name
+
+
+def test_client_stream_matches_local_loader(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    with session.batches(max_batches=7, window=2) as stream:
+        batches = list(stream)
+    assert [batch.global_index for batch in batches] == list(range(7))
+    assert [len(batch.data) for batch in batches] == [4, 4, 2, 4, 4, 2, 4]
+    _assert_matches_loader(batches, _local(small_config))
+    assert session.position.global_index == 7
+    assert stream.batches_received == 7
+    assert stream.bytes_received > sum(batch.data.nbytes for batch in batches)
+
+
+def test_client_stream_start_index(client: Client, small_config: dict[str, Any]) -> None:
+    session = _create(client, small_config)
+    with session.batches(start=4, max_batches=2) as stream:
+        batches = list(stream)
+    assert [batch.global_index for batch in batches] == [4, 5]
+    _assert_matches_loader(batches, _local(small_config))
+    assert session.position.global_index == 6
+
+
+def test_client_stream_large_batches_in_parts(client: Client) -> None:
+    # 64 datasets of up to 3000 two-dimensional points: over the server's
+    # 1 MiB part size, so batches arrive as BatchParts.
+    session = client.create_session(
+        experiment="advanced", seed=_SEED, batch_size=64, samples_per_epoch=128
+    )
+    with session.batches(max_batches=2) as stream:
+        batches = list(stream)
+    assert max(batch.wire_bytes for batch in batches) > 1024 * 1024
+    loader = _loader(
+        "advanced", batch_size=64, num_samples=128, base_seed=_SEED, loader_id="default"
+    )
+    _assert_matches_loader(batches, loader)
+
+
+def test_client_auto_ack_on_close(client: Client, small_config: dict[str, Any]) -> None:
+    session = _create(client, small_config)
+    with session.batches(window=4) as stream:
+        for batch in stream:
+            if batch.global_index == 2:
+                break
+    # Batch 2 was consumed before close, so the cursor is past it.
+    assert session.position.global_index == 3
+    with session.batches(max_batches=1) as stream:
+        assert [batch.global_index for batch in stream] == [3]
+
+
+def test_client_auto_ack_when_next_requested(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    stream = session.batches(window=8)
+    first = next(stream)
+    second = next(stream)
+    assert (first.global_index, second.global_index) == (0, 1)
+    # Requesting batch 1 acknowledged batch 0; batch 1 is not consumed yet.
+    deadline = 50
+    while session.position.global_index != 1 and deadline:
+        deadline -= 1
+        time.sleep(0.05)
+    assert session.position.global_index == 1
+    stream.close()
+    assert session.position.global_index == 2
+
+
+def test_client_manual_ack(client: Client, small_config: dict[str, Any]) -> None:
+    session = _create(client, small_config)
+    with session.batches(window=8, ack="manual") as stream:
+        batches = [next(stream) for _ in range(4)]
+        with pytest.raises(ValueError, match="last batch yielded is 3"):
+            stream.ack(5)
+        session.ack(batches[1])
+        # An older batch than the last acknowledgement changes nothing.
+        stream.ack(batches[0])
+    assert session.position.global_index == 2
+    with pytest.raises(GmmServeClientError, match="no open stream"):
+        session.ack(batches[3])
+
+
+def test_client_manual_ack_without_ack_keeps_cursor(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    with session.batches(max_batches=3, ack="manual") as stream:
+        assert [batch.global_index for batch in stream] == [0, 1, 2]
+    assert session.position.global_index == 0
+
+
+def test_client_attach_existing_session(
+    server_target: str, client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    with session.batches(max_batches=2) as stream:
+        list(stream)
+    with Client(server_target) as other:
+        attached = other.session(session.id)
+        info = attached.info()
+        assert info.session_id == session.id
+        assert info.seed == session.info().seed
+        assert info.position.global_index == 2
+        assert info.spec.loader_id == "train"
+        assert info.spec.seed == _SEED
+        with attached.batches(max_batches=2) as stream:
+            batches = list(stream)
+    assert [batch.global_index for batch in batches] == [2, 3]
+    _assert_matches_loader(batches, _local(small_config))
+    assert session.id in {info.session_id for info in client.list_sessions(page_size=1)}
+
+
+def test_client_request_id_returns_same_session(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    first = _create(client, small_config, request_id="client-test-request-1")
+    second = _create(client, small_config, request_id="client-test-request-1")
+    assert first.id == second.id
+
+
+def test_client_snapshot_restore(client: Client, small_config: dict[str, Any]) -> None:
+    session = _create(client, small_config)
+    with session.batches(max_batches=4) as stream:
+        list(stream)
+    snapshot = session.snapshot(label="after four")
+    assert snapshot.position.global_index == 4
+    assert (snapshot.position.epoch, snapshot.position.batch_index) == (1, 1)
+    assert snapshot.label == "after four"
+    with session.batches(max_batches=3) as stream:
+        list(stream)
+    assert session.position.global_index == 7
+    info = session.restore(snapshot_id=snapshot.snapshot_id)
+    assert info.position.global_index == 4
+    assert [item.snapshot_id for item in session.list_snapshots()] == [snapshot.snapshot_id]
+
+    local = _local(small_config)
+    local.restore_state(json.loads(snapshot.state_json))
+    assert (local.current_epoch, local.current_batch) == (1, 1)
+    local.seek(2, 0)
+    assert session.restore(state=local.state_dict()).position.global_index == 6
+    assert session.restore(state=json.dumps(local.state_dict())).position.global_index == 6
+    assert session.close().global_index == 6
+    with pytest.raises(SessionNotFound):
+        session.info()
+
+
+def test_client_error_not_found(client: Client) -> None:
+    with pytest.raises(SessionNotFound) as caught:
+        client.session("ses_unknown")
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert "ses_unknown" in caught.value.details
+    stream = Session(client, "ses_unknown").batches()
+    with pytest.raises(SessionNotFound):
+        next(stream)
+    assert stream.closed
+
+
+def test_client_error_snapshot_not_found(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    with pytest.raises(NotFound) as caught:
+        session.restore(snapshot_id="snap_unknown")
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"samples_per_epoch": 0}, "samples_per_epoch"),
+        ({"config": '{"dim": 0}'}, "dim"),
+        ({"config": '{"unknown_key": 1}'}, "unknown_key"),
+        ({"config": None, "experiment": "no_such_experiment"}, "experiment"),
+    ],
+)
+def test_client_error_invalid_argument(
+    client: Client, small_config: dict[str, Any], settings: dict[str, Any], field: str
+) -> None:
+    config = settings.pop("config", small_config)
+    with pytest.raises(InvalidArgument) as caught:
+        _create(client, config, **settings)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in caught.value.details
+
+
+def test_client_error_failed_precondition(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    other_seed = _local(small_config, base_seed=_SEED + 1)
+    with pytest.raises(FailedPrecondition) as caught:
+        session.restore(state=other_seed.state_dict())
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_client_create_requires_one_config(client: Client) -> None:
+    with pytest.raises(ValueError, match="exactly one of config and experiment"):
+        client.create_session()
+    with pytest.raises(ValueError, match="exactly one of config and experiment"):
+        client.create_session({"dim": 2}, experiment="standard")
+
+
+def test_client_resume_after_sigkill(tmp_path: Path, small_config: dict[str, Any]) -> None:
+    reconnect = ReconnectPolicy(max_attempts=20, initial_backoff_s=0.05, max_elapsed_s=60.0)
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
+    restarter: threading.Thread | None = None
+    try:
+        server.start()
+        with Client(server.target, reconnect=reconnect) as connection:
+            session = _create(connection, small_config)
+            received: list[Batch] = []
+            with session.batches(max_batches=12, window=3) as stream:
+                for batch in stream:
+                    received.append(batch)
+                    if len(received) == 4:
+                        server.kill()
+                        # The stream reconnects with backoff while the new
+                        # server starts on the same port and data directory.
+                        restarter = threading.Thread(target=server.start)
+                        restarter.start()
+            restarter_thread = restarter
+            assert restarter_thread is not None
+            restarter_thread.join()
+            assert stream.reconnects >= 1
+            assert [batch.global_index for batch in received] == list(range(12))
+            _assert_matches_loader(received, _local(small_config))
+            assert session.position.global_index == 12
+    finally:
+        if restarter is not None:
+            restarter.join()
+        server.kill()
+
+
+def test_client_stream_gives_up_when_server_gone(
+    tmp_path: Path, small_config: dict[str, Any]
+) -> None:
+    reconnect = ReconnectPolicy(max_attempts=2, initial_backoff_s=0.05, max_elapsed_s=10.0)
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
+        with Client(server.target, reconnect=reconnect) as connection:
+            session = _create(connection, small_config)
+            stream = session.batches(window=1)
+            assert next(stream).global_index == 0
+            server.kill()
+            with pytest.raises(StreamInterrupted, match="2 reconnect attempts") as caught:
+                for _ in range(10):
+                    next(stream)
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+            assert stream.closed

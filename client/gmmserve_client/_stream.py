@@ -59,14 +59,17 @@ def _request_iterator(
 class _Connection:
     """One StreamBatches call and the queue that feeds its request stream."""
 
-    def __init__(self, call: Any, requests: queue.SimpleQueue[Any]) -> None:
+    def __init__(
+        self, call: Any, requests: queue.SimpleQueue[Any], start: int | None
+    ) -> None:
         self.call = call
         self.requests = requests
         self.done = threading.Event()
         call.add_done_callback(lambda _call: self.done.set())
-        # The first global index received on this call; acknowledgements
-        # are sent only for batches received on the same call.
-        self.first_received: int | None = None
+        # The global index of the call's first batch: the requested start,
+        # or, for a call that starts at the committed cursor, the first batch
+        # received. The server accepts acknowledgements from start - 1 on.
+        self.start = start
         self.acked: int | None = None
         self.half_closed = False
 
@@ -74,7 +77,7 @@ class _Connection:
         """Queue an Ack; return False when this call cannot carry it."""
         if self.half_closed or self.done.is_set():
             return False
-        if self.first_received is None or global_index < self.first_received:
+        if self.start is None or global_index < self.start - 1:
             return False
         if self.acked is not None and global_index <= self.acked:
             return True
@@ -328,7 +331,12 @@ class BatchStream(Iterator[Batch]):
             "the committed cursor" if start is None else f"batch {start}",
             self._window,
         )
-        return _Connection(call, requests)
+        connection = _Connection(call, requests, start)
+        if self._consumed is not None:
+            # After a reconnect, repeat the latest acknowledgement: the
+            # failed call may have lost it, and the server accepts start - 1.
+            connection.send_ack(self._consumed)
+        return connection
 
     def _receive(self) -> Batch | None:
         """Return the next verified batch, or None when the server ended the stream."""
@@ -430,8 +438,8 @@ class BatchStream(Iterator[Batch]):
             )
         batch = decode_batch(message, self._pending_bytes)
         self._pending_bytes = 0
-        if connection.first_received is None:
-            connection.first_received = index
+        if connection.start is None:
+            connection.start = index
         self.last_received = index
         self.batches_received += 1
         return batch

@@ -1,0 +1,373 @@
+"""The ``gmmserve`` command: run a server, inspect sessions, demo and benchmark.
+
+Subcommands:
+
+- ``serve``: run the gRPC server until SIGINT or SIGTERM.
+- ``sessions list|get|create|snapshot|snapshots|restore|close``: operator
+  commands against a running server, through the client library.
+- ``demo``: kill and restart a server mid-run and check that every bundled
+  experiment config resumes bit for bit.
+- ``bench``: batches/s and MB/s over loopback beside two baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from gmmserve_client import (
+    Client,
+    GmmServeClientError,
+    SessionInfo,
+    SnapshotInfo,
+)
+
+__all__ = ["build_parser", "main"]
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_DATA_DIR = Path(".gmmserve-data")
+
+
+def _format_time(seconds: float) -> str:
+    if not seconds:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _config_name(info: SessionInfo) -> str:
+    if info.spec.experiment is not None:
+        return info.spec.experiment
+    return "custom JSON"
+
+
+def _sessions_table(sessions: Sequence[SessionInfo]) -> Table:
+    table = Table(title=f"{len(sessions)} sessions")
+    for column in (
+        "session id",
+        "config",
+        "loader id",
+        "seed",
+        "batch size",
+        "batches/epoch",
+        "cursor",
+        "updated (UTC)",
+    ):
+        table.add_column(column)
+    for info in sessions:
+        table.add_row(
+            info.session_id,
+            _config_name(info),
+            info.spec.loader_id,
+            str(info.seed),
+            str(info.spec.batch_size),
+            str(info.batches_per_epoch),
+            str(info.position),
+            _format_time(info.updated_at),
+        )
+    return table
+
+
+def _session_table(info: SessionInfo) -> Table:
+    table = Table(title=f"session {info.session_id}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    rows = (
+        ("config", _config_name(info)),
+        ("loader id", info.spec.loader_id),
+        ("requested seed", "none" if info.spec.seed is None else str(info.spec.seed)),
+        ("seed", str(info.seed)),
+        ("batch size", str(info.spec.batch_size)),
+        ("samples per epoch", str(info.spec.samples_per_epoch)),
+        ("fixed data", "yes" if info.spec.fixed_data else "no"),
+        ("batches per epoch", str(info.batches_per_epoch)),
+        ("cursor", str(info.position)),
+        ("fingerprint", info.fingerprint),
+        ("created (UTC)", _format_time(info.created_at)),
+        ("updated (UTC)", _format_time(info.updated_at)),
+        ("resolved config", json.dumps(info.resolved_config, sort_keys=True)),
+    )
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _snapshots_table(snapshots: Sequence[SnapshotInfo], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("snapshot id", "label", "position", "created (UTC)", "fingerprint"):
+        table.add_column(column)
+    for snapshot in snapshots:
+        table.add_row(
+            snapshot.snapshot_id,
+            snapshot.label or "-",
+            str(snapshot.position),
+            _format_time(snapshot.created_at),
+            snapshot.fingerprint[:16],
+        )
+    return table
+
+
+def _run_serve(args: argparse.Namespace, console: Console) -> int:
+    from gmmserve.service import serve
+    from gmmserve.state import atomic_write_json
+
+    def report_port(port: int) -> None:
+        console.print(f"gmmserve listening on {args.host}:{port}", highlight=False)
+        if args.port_file is not None:
+            atomic_write_json(args.port_file, {"port": port})
+
+    asyncio.run(
+        serve(
+            args.host,
+            args.port,
+            Path(args.data_dir),
+            grace_s=args.grace_s,
+            on_started=report_port,
+        )
+    )
+    return 0
+
+
+def _run_sessions(args: argparse.Namespace, console: Console) -> int:
+    with Client(args.target, timeout_s=args.timeout_s) as client:
+        command = args.sessions_command
+        if command == "list":
+            console.print(_sessions_table(client.list_sessions()))
+        elif command == "get":
+            console.print(_session_table(client.session(args.session_id).info()))
+        elif command == "create":
+            config = Path(args.config_file).read_text() if args.config_file else None
+            session = client.create_session(
+                config,
+                experiment=args.experiment,
+                seed=args.seed,
+                loader_id=args.loader_id,
+                batch_size=args.batch_size,
+                samples_per_epoch=args.samples_per_epoch,
+                fixed_data=args.fixed_data,
+            )
+            console.print(_session_table(session.info()))
+        elif command == "snapshot":
+            snapshot = client.session(args.session_id).snapshot(args.label)
+            console.print(_snapshots_table([snapshot], "snapshot saved"))
+        elif command == "snapshots":
+            snapshots = client.session(args.session_id).list_snapshots()
+            title = f"{len(snapshots)} snapshots of session {args.session_id}"
+            console.print(_snapshots_table(snapshots, title))
+        elif command == "restore":
+            session = client.session(args.session_id)
+            if args.state_file is not None:
+                info = session.restore(state=Path(args.state_file).read_text())
+            else:
+                info = session.restore(snapshot_id=args.snapshot)
+            console.print(f"session {info.session_id} restored; cursor at {info.position}")
+        elif command == "close":
+            position = client.session(args.session_id).close()
+            console.print(f"session {args.session_id} closed; cursor was at {position}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace, console: Console) -> int:
+    from gmmserve.demo import run_demo
+
+    return run_demo(
+        console,
+        batch_size=args.batch_size,
+        samples_per_epoch=args.samples_per_epoch,
+        seed=args.seed,
+        startup_timeout_s=args.startup_timeout_s,
+    )
+
+
+def _run_bench(args: argparse.Namespace, console: Console) -> int:
+    from gmmserve.bench import BenchSettings, run_bench
+
+    settings = BenchSettings(
+        config=args.config,
+        batch_size=args.batch_size,
+        max_batches=args.batches,
+        max_seconds=args.seconds,
+        window=args.window,
+        samples_per_epoch=args.samples_per_epoch,
+    )
+    run_bench(settings, console)
+    return 0
+
+
+def _add_sessions_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sessions = commands.add_parser("sessions", help="inspect and manage sessions of a server")
+    actions = sessions.add_subparsers(dest="sessions_command", required=True)
+
+    def add_action(name: str, help_text: str, with_id: bool = True) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument(
+            "--target",
+            default=DEFAULT_TARGET,
+            help=f"server address as HOST:PORT (default {DEFAULT_TARGET})",
+        )
+        parser.add_argument(
+            "--timeout-s",
+            type=float,
+            default=10.0,
+            help="deadline of each call in seconds (default 10)",
+        )
+        if with_id:
+            parser.add_argument("session_id", help="the session id")
+        return parser
+
+    add_action("list", "list every session", with_id=False)
+    add_action("get", "show one session")
+
+    create = add_action("create", "create a session", with_id=False)
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="bundled experiment config, such as standard")
+    source.add_argument("--config-file", help="path of a JSON data config")
+    create.add_argument("--seed", type=int, help="base seed (default: the config's)")
+    create.add_argument("--loader-id", default="default", help="loader id (default 'default')")
+    create.add_argument("--batch-size", type=int, default=16, help="datasets per batch")
+    create.add_argument(
+        "--samples-per-epoch", type=int, default=1000, help="datasets per epoch"
+    )
+    create.add_argument(
+        "--fixed-data", action="store_true", help="repeat the batches of epoch 0"
+    )
+
+    snapshot = add_action("snapshot", "save the session's cursor as a snapshot")
+    snapshot.add_argument("--label", default="", help="label shown in listings")
+    add_action("snapshots", "list the session's snapshots")
+
+    restore = add_action("restore", "move the session's cursor to a snapshot or state")
+    restore_source = restore.add_mutually_exclusive_group(required=True)
+    restore_source.add_argument("--snapshot", help="snapshot id")
+    restore_source.add_argument(
+        "--state-file", help="state document written by GMMDataLoader.save_state"
+    )
+    add_action("close", "close the session, deleting it and its snapshots")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``gmmserve`` command."""
+    parser = argparse.ArgumentParser(
+        prog="gmmserve",
+        description="Serve synthetic Gaussian-mixture datasets over gRPC.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO for serve, WARNING otherwise)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, default=50051, help="TCP port; 0 picks a free one (default 50051)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help=f"directory of the session store (default {DEFAULT_DATA_DIR})",
+    )
+    serve.add_argument(
+        "--grace-s",
+        type=float,
+        default=10.0,
+        help="seconds open calls get to finish after SIGTERM or SIGINT (default 10)",
+    )
+    serve.add_argument(
+        "--port-file",
+        help='JSON file that receives {"port": N} once the server accepts calls; '
+        "with --port 0 it reports the free port chosen",
+    )
+
+    _add_sessions_parser(commands)
+
+    demo = commands.add_parser(
+        "demo", help="kill and restart a server and check every config resumes bit for bit"
+    )
+    demo.add_argument("--batch-size", type=int, default=8, help="datasets per batch (default 8)")
+    demo.add_argument(
+        "--samples-per-epoch",
+        type=int,
+        default=20,
+        help="datasets per epoch (default 20, so 3 batches per epoch at batch size 8)",
+    )
+    demo.add_argument("--seed", type=int, default=2024, help="base seed (default 2024)")
+    demo.add_argument(
+        "--startup-timeout-s",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the server to accept connections (default 30)",
+    )
+
+    bench = commands.add_parser(
+        "bench", help="measure streaming throughput beside in-process and bare gRPC baselines"
+    )
+    bench.add_argument("--config", default="standard", help="experiment config (default standard)")
+    bench.add_argument("--batch-size", type=int, default=64, help="datasets per batch (default 64)")
+    bench.add_argument(
+        "--batches", type=int, default=200, help="maximum batches per measurement (default 200)"
+    )
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="maximum seconds per measurement (default 10)",
+    )
+    bench.add_argument(
+        "--window", type=int, default=8, help="stream window in batches (default 8)"
+    )
+    bench.add_argument(
+        "--samples-per-epoch",
+        type=int,
+        default=100_000,
+        help="datasets per epoch of the benchmark session (default 100000)",
+    )
+    return parser
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
+    "serve": _run_serve,
+    "sessions": _run_sessions,
+    "demo": _run_demo,
+    "bench": _run_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``gmmserve`` command and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level
+    if level is None:
+        level = "INFO" if args.command == "serve" else "WARNING"
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    console = Console()
+    try:
+        return _HANDLERS[args.command](args, console)
+    except GmmServeClientError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+        return 1
+    except (OSError, ValueError) as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
