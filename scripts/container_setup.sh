@@ -107,7 +107,11 @@ import_base_image() {
     if [[ ! -f "${WORK_DIR}/rootfs.complete" ]]; then
         log "debootstrap bookworm from ${mirror} into ${rootfs}"
         rm -rf "${rootfs}"
-        debootstrap --variant=minbase bookworm "${rootfs}" "${mirror}" >&2
+        if ! debootstrap --variant=minbase bookworm "${rootfs}" "${mirror}" \
+            >"${WORK_DIR}/debootstrap.log" 2>&1; then
+            tail -n 30 "${WORK_DIR}/debootstrap.log" >&2
+            fail "debootstrap failed; see ${WORK_DIR}/debootstrap.log"
+        fi
         if [[ -f "${DEBIAN_SOURCES}" ]]; then
             cp "${DEBIAN_SOURCES}" "${rootfs}/etc/apt/sources.list.d/debian.sources"
             rm -f "${rootfs}/etc/apt/sources.list"
