@@ -6,8 +6,8 @@
 #
 # GMMSERVE_HOST and GMMSERVE_PORT set the listening address for both the
 # server and the health check, so `-e GMMSERVE_PORT=N` with --network=host
-# moves both. Arguments after the image name are appended to
-# `gmmserve serve`.
+# moves both. GMMSERVE_DATA_DIR and GMMSERVE_GRACE_S set --data-dir and
+# --grace-s. Arguments after the image name are appended to `gmmserve serve`.
 
 FROM python:3.11-slim AS build
 
@@ -55,7 +55,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GMMSERVE_HOST=0.0.0.0 \
     GMMSERVE_PORT=50051 \
-    GMMSERVE_DATA_DIR=/data
+    GMMSERVE_DATA_DIR=/data \
+    GMMSERVE_GRACE_S=8
 
 USER gmmserve
 WORKDIR /data
@@ -66,6 +67,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["/opt/venv/bin/python", "/opt/gmmserve/healthcheck.py"]
 
 # `exec` replaces the shell, so the server is PID 1 and receives the
-# SIGTERM of `podman stop` itself.
-ENTRYPOINT ["/bin/sh", "-c", "exec gmmserve serve --host \"$GMMSERVE_HOST\" --port \"$GMMSERVE_PORT\" --data-dir \"$GMMSERVE_DATA_DIR\" \"$@\"", "gmmserve"]
+# SIGTERM of `podman stop` itself. GMMSERVE_GRACE_S stays below the 10 s
+# that `docker stop` and `podman stop` wait before SIGKILL, so open RPCs
+# are ended by the server and it exits with status 0.
+ENTRYPOINT ["/bin/sh", "-c", "exec gmmserve serve --host \"$GMMSERVE_HOST\" --port \"$GMMSERVE_PORT\" --data-dir \"$GMMSERVE_DATA_DIR\" --grace-s \"$GMMSERVE_GRACE_S\" \"$@\"", "gmmserve"]
 CMD []

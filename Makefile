@@ -52,4 +52,4 @@ image:
 	    && podman build --format docker --network=host --pull=never -t $(IMAGE) .
 
 bench: $(INSTALLED)
-	$(VENV_PYTHON) scripts/bench.py
+	$(VENV)/bin/gmmserve bench

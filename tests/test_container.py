@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pytest
 from gmmserve_proto.v1 import gmmserve_pb2, gmmserve_pb2_grpc
 
 from gmmserve.config import DEFAULT_LIMITS, load_config
+from gmmserve.errors import LegacyKeyWarning
 from gmmserve.generator import ARRAY_NAMES, generate_batch
 
 # The first run in a clean clone debootstraps Debian and downloads every
@@ -227,9 +229,29 @@ def _requests_until(
     done.wait(RPC_TIMEOUT_SECONDS)
 
 
+def _create_session(
+    stub: gmmserve_pb2_grpc.GmmServiceStub,
+) -> gmmserve_pb2.SessionInfo:
+    spec = gmmserve_pb2.SessionSpec(
+        experiment="simple",
+        seed=SESSION_SEED,
+        loader_id=SESSION_LOADER_ID,
+        batch_size=SESSION_BATCH_SIZE,
+        samples_per_epoch=SESSION_SAMPLES_PER_EPOCH,
+    )
+    created = stub.CreateSession(
+        gmmserve_pb2.CreateSessionRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS
+    )
+    return created.session
+
+
 def _expected_arrays(seed: int) -> dict[str, np.ndarray]:
+    # The bundled "simple" config contains legacy keys, which raise a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LegacyKeyWarning)
+        config = load_config("simple")
     batch = generate_batch(
-        load_config("simple"),
+        config,
         seed,
         SESSION_LOADER_ID,
         0,
@@ -266,17 +288,7 @@ def test_container_streams_batch(container: _Container) -> None:
     target = f"127.0.0.1:{container.port}"
     with grpc.insecure_channel(target) as channel:
         stub = gmmserve_pb2_grpc.GmmServiceStub(channel)
-        spec = gmmserve_pb2.SessionSpec(
-            experiment="simple",
-            seed=SESSION_SEED,
-            loader_id=SESSION_LOADER_ID,
-            batch_size=SESSION_BATCH_SIZE,
-            samples_per_epoch=SESSION_SAMPLES_PER_EPOCH,
-        )
-        created = stub.CreateSession(
-            gmmserve_pb2.CreateSessionRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS
-        )
-        session = created.session
+        session = _create_session(stub)
         start = gmmserve_pb2.StreamBatchesRequest(
             start=gmmserve_pb2.StreamStart(session_id=session.session_id, max_batches=1)
         )
@@ -314,9 +326,34 @@ def test_container_runs_as_non_root(container: _Container) -> None:
 
 
 def test_container_stops_cleanly_on_sigterm(container: _Container) -> None:
-    # podman stop sends SIGTERM and falls back to SIGKILL (exit code 137)
-    # after 10 s, so exit code 0 means the server shut down by itself.
-    result = container.run("stop", "--time", "10", container.name, timeout=30)
-    assert result.returncode == 0, f"podman stop failed: {result.stderr}"
+    # An unbounded stream with a window of 1 and no acknowledgements is still
+    # open, waiting for an Ack, when SIGTERM arrives.
+    with grpc.insecure_channel(f"127.0.0.1:{container.port}") as channel:
+        stub = gmmserve_pb2_grpc.GmmServiceStub(channel)
+        session = _create_session(stub)
+        start = gmmserve_pb2.StreamBatchesRequest(
+            start=gmmserve_pb2.StreamStart(
+                session_id=session.session_id, window=1, max_batches=0
+            )
+        )
+        done = threading.Event()
+        call = stub.StreamBatches(
+            _requests_until(start, done), timeout=RPC_TIMEOUT_SECONDS
+        )
+        try:
+            first = next(call)
+            # podman stop sends SIGTERM and falls back to SIGKILL (exit code
+            # 137) after 10 s, so exit code 0 means the server shut down by
+            # itself.
+            stopped = container.run("stop", "--time", "10", container.name, timeout=30)
+            with pytest.raises(grpc.RpcError) as ended:
+                next(call)
+        finally:
+            done.set()
+            call.cancel()
+
+    assert first.WhichOneof("kind") == "batch"
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert stopped.returncode == 0, f"podman stop failed: {stopped.stderr}"
     assert container.state("Running") == "false"
     assert container.state("ExitCode") == "0", container.logs()
