@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-
 from gmmserve.demo import ServerProcess
 from gmmserve.generator import ARRAY_NAMES as SERVER_ARRAY_NAMES
 from gmmserve.generator import fingerprint_arrays as server_fingerprint
@@ -139,7 +138,9 @@ def test_client_decode_tampered_shape_raises() -> None:
         ("data", b"\x00" * 3, "needs"),
     ],
 )
-def test_client_decode_malformed_array_raises(field: str, value: Any, match: str) -> None:
+def test_client_decode_malformed_array_raises(
+    field: str, value: Any, match: str
+) -> None:
     message = _encode(_loader(), 0, 0)
     setattr(message.arrays[0], field, value)
     with pytest.raises(BatchIntegrityError, match=match):
@@ -224,7 +225,9 @@ def test_client_retry_policy_service_config() -> None:
 
 
 def test_client_retry_policy_rejects_six_attempts() -> None:
-    with pytest.raises(ValueError, match=r"max_attempts must be an integer in \[1, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"max_attempts must be an integer in \[1, 5\]"
+    ):
         RetryPolicy(max_attempts=6)
 
 
@@ -299,7 +302,9 @@ def test_client_stream_matches_local_loader(
     assert stream.bytes_received > sum(batch.data.nbytes for batch in batches)
 
 
-def test_client_stream_start_index(client: Client, small_config: dict[str, Any]) -> None:
+def test_client_stream_start_index(
+    client: Client, small_config: dict[str, Any]
+) -> None:
     session = _create(client, small_config)
     with session.batches(start=4, max_batches=2) as stream:
         batches = list(stream)
@@ -418,14 +423,18 @@ def test_client_snapshot_restore(client: Client, small_config: dict[str, Any]) -
     assert session.position.global_index == 7
     info = session.restore(snapshot_id=snapshot.snapshot_id)
     assert info.position.global_index == 4
-    assert [item.snapshot_id for item in session.list_snapshots()] == [snapshot.snapshot_id]
+    assert [item.snapshot_id for item in session.list_snapshots()] == [
+        snapshot.snapshot_id
+    ]
 
     local = _local(small_config)
     local.restore_state(json.loads(snapshot.state_json))
     assert (local.current_epoch, local.current_batch) == (1, 1)
     local.seek(2, 0)
     assert session.restore(state=local.state_dict()).position.global_index == 6
-    assert session.restore(state=json.dumps(local.state_dict())).position.global_index == 6
+    assert (
+        session.restore(state=json.dumps(local.state_dict())).position.global_index == 6
+    )
     assert session.close().global_index == 6
     with pytest.raises(SessionNotFound):
         session.info()
@@ -488,8 +497,12 @@ def test_client_create_requires_one_config(client: Client) -> None:
         client.create_session({"dim": 2}, experiment="standard")
 
 
-def test_client_resume_after_sigkill(tmp_path: Path, small_config: dict[str, Any]) -> None:
-    reconnect = ReconnectPolicy(max_attempts=20, initial_backoff_s=0.05, max_elapsed_s=60.0)
+def test_client_resume_after_sigkill(
+    tmp_path: Path, small_config: dict[str, Any]
+) -> None:
+    reconnect = ReconnectPolicy(
+        max_attempts=20, initial_backoff_s=0.05, max_elapsed_s=60.0
+    )
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
     restarter: threading.Thread | None = None
     try:
@@ -522,15 +535,19 @@ def test_client_resume_after_sigkill(tmp_path: Path, small_config: dict[str, Any
 def test_client_stream_gives_up_when_server_gone(
     tmp_path: Path, small_config: dict[str, Any]
 ) -> None:
-    reconnect = ReconnectPolicy(max_attempts=2, initial_backoff_s=0.05, max_elapsed_s=10.0)
-    with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
-        with Client(server.target, reconnect=reconnect) as connection:
-            session = _create(connection, small_config)
-            stream = session.batches(window=1)
-            assert next(stream).global_index == 0
-            server.kill()
-            with pytest.raises(StreamInterrupted, match="2 reconnect attempts") as caught:
-                for _ in range(10):
-                    next(stream)
-            assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-            assert stream.closed
+    reconnect = ReconnectPolicy(
+        max_attempts=2, initial_backoff_s=0.05, max_elapsed_s=10.0
+    )
+    with (
+        ServerProcess(tmp_path / "data", tmp_path / "server.log") as server,
+        Client(server.target, reconnect=reconnect) as connection,
+    ):
+        session = _create(connection, small_config)
+        stream = session.batches(window=1)
+        assert next(stream).global_index == 0
+        server.kill()
+        with pytest.raises(StreamInterrupted, match="2 reconnect attempts") as caught:
+            for _ in range(10):
+                next(stream)
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert stream.closed

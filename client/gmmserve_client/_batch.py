@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
 from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 
 from gmmserve_client._errors import BatchIntegrityError
-from gmmserve_proto.v1 import gmmserve_pb2 as pb
 
 __all__ = [
     "ARRAY_NAMES",
@@ -113,7 +113,8 @@ def _decode_array(message: pb.Array, expected_name: str) -> NDArray[Any]:
     dtype_text, ndim = _ARRAY_LAYOUT[expected_name]
     if message.dtype != dtype_text:
         raise BatchIntegrityError(
-            f"array {expected_name!r} has dtype {message.dtype!r}; expected {dtype_text!r}"
+            f"array {expected_name!r} has dtype {message.dtype!r}; "
+            f"expected {dtype_text!r}"
         )
     shape = tuple(int(size) for size in message.shape)
     if len(shape) != ndim:
@@ -155,7 +156,10 @@ def decode_batch(message: pb.Batch, wire_bytes: int = 0) -> Batch:
         the arrays differs from the one sent.
     """
     position = message.position
-    where = f"batch {position.global_index} (epoch {position.epoch}, batch {position.batch_index})"
+    where = (
+        f"batch {position.global_index} "
+        f"(epoch {position.epoch}, batch {position.batch_index})"
+    )
     if len(message.arrays) != len(ARRAY_NAMES):
         raise BatchIntegrityError(
             f"{where} has {len(message.arrays)} arrays; expected {len(ARRAY_NAMES)} "
@@ -229,7 +233,8 @@ class PartAssembler:
             part.part_count != first.part_count or part.position != first.position
         ):
             raise BatchIntegrityError(
-                f"batch part {part.part_index} has position {part.position.global_index} "
+                f"batch part {part.part_index} has position "
+                f"{part.position.global_index} "
                 f"and part_count {part.part_count}, but part 0 had position "
                 f"{first.position.global_index} and part_count {first.part_count}"
             )

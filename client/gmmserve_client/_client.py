@@ -7,29 +7,28 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self
 
 import grpc
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 
+from gmmserve_client._batch import Batch
 from gmmserve_client._errors import (
     DeadlineExceeded,
     GmmServeClientError,
     NotFound,
     SessionNotFound,
+    Unavailable,
     from_rpc_error,
 )
 from gmmserve_client._policy import SERVICE_NAME, ReconnectPolicy, RetryPolicy
 from gmmserve_client._stream import AckMode, BatchStream
-from gmmserve_client._batch import Batch
 from gmmserve_client._types import Position, SessionInfo, SnapshotInfo
-from gmmserve_proto.v1 import gmmserve_pb2 as pb
-from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 
 __all__ = ["Client", "Session"]
 
 _LOGGER = logging.getLogger(__name__)
-
-_Response = TypeVar("_Response")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -104,7 +103,7 @@ class Client:
             response_deserializer=_parse_stream_response,
         )
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -136,14 +135,25 @@ class Client:
 
     def _unary(
         self,
-        method: Callable[..., _Response],
+        method_name: str,
         request: Any,
         not_found: type[NotFound] = NotFound,
-    ) -> _Response:
+    ) -> Any:
+        method: Callable[..., Any] = getattr(self._stub, method_name)
         try:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as error:
-            raise from_rpc_error(error, not_found) from error
+            converted = from_rpc_error(error, not_found)
+            if isinstance(converted, (Unavailable, DeadlineExceeded)):
+                # These come from the channel, not the service, so their
+                # message needs the address and the deadline.
+                converted = type(converted)(
+                    f"{method_name} to {self.target} failed within the "
+                    f"{self.timeout_s} s deadline: {converted.details}; check that "
+                    "the server is running at that address",
+                    converted.code,
+                )
+            raise converted from error
 
     def create_session(
         self,
@@ -207,9 +217,10 @@ class Client:
         if seed is not None:
             spec.seed = seed
         request = pb.CreateSessionRequest(
-            spec=spec, request_id=request_id if request_id is not None else uuid.uuid4().hex
+            spec=spec,
+            request_id=request_id if request_id is not None else uuid.uuid4().hex,
         )
-        response = self._unary(self._stub.CreateSession, request)
+        response = self._unary("CreateSession", request)
         info = SessionInfo.from_proto(response.session)
         _LOGGER.info(
             "session %s: %s on %s (seed %d, %d batches per epoch)",
@@ -245,7 +256,7 @@ class Client:
         token = ""
         while True:
             request = pb.ListSessionsRequest(page_size=page_size, page_token=token)
-            response = self._unary(self._stub.ListSessions, request)
+            response = self._unary("ListSessions", request)
             sessions.extend(SessionInfo.from_proto(item) for item in response.sessions)
             token = response.next_page_token
             if not token:
@@ -276,7 +287,7 @@ class Session:
         """Fetch the session's settings and committed cursor from the server."""
         request = pb.GetSessionRequest(session_id=self._id)
         return SessionInfo.from_proto(
-            self._client._unary(self._client._stub.GetSession, request, SessionNotFound)
+            self._client._unary("GetSession", request, SessionNotFound)
         )
 
     @property
@@ -348,7 +359,7 @@ class Session:
     def snapshot(self, label: str = "") -> SnapshotInfo:
         """Save the committed cursor under a new snapshot id."""
         request = pb.SnapshotRequest(session_id=self._id, label=label)
-        response = self._client._unary(self._client._stub.Snapshot, request, SessionNotFound)
+        response = self._client._unary("Snapshot", request, SessionNotFound)
         snapshot = SnapshotInfo.from_proto(response)
         _LOGGER.info(
             "session %s: snapshot %s at batch %d",
@@ -394,22 +405,22 @@ class Session:
             request.state_json = state
         else:
             request.state_json = json.dumps(dict(state or {}))
-        response = self._client._unary(self._client._stub.Restore, request)
+        response = self._client._unary("Restore", request)
         info = SessionInfo.from_proto(response.session)
         _LOGGER.info(
             "session %s: restored to batch %d from %s",
             self._id,
             info.position.global_index,
-            f"snapshot {snapshot_id}" if snapshot_id is not None else "a state document",
+            f"snapshot {snapshot_id}"
+            if snapshot_id is not None
+            else "a state document",
         )
         return info
 
     def list_snapshots(self) -> list[SnapshotInfo]:
         """Return the session's snapshots."""
         request = pb.ListSnapshotsRequest(session_id=self._id)
-        response = self._client._unary(
-            self._client._stub.ListSnapshots, request, SessionNotFound
-        )
+        response = self._client._unary("ListSnapshots", request, SessionNotFound)
         return [SnapshotInfo.from_proto(item) for item in response.snapshots]
 
     def close(self) -> Position:
@@ -423,9 +434,7 @@ class Session:
         for stream in list(self._streams):
             stream.close()
         request = pb.CloseSessionRequest(session_id=self._id)
-        response = self._client._unary(
-            self._client._stub.CloseSession, request, SessionNotFound
-        )
+        response = self._client._unary("CloseSession", request, SessionNotFound)
         position = Position.from_proto(response.position)
         _LOGGER.info("session %s: closed at batch %d", self._id, position.global_index)
         return position

@@ -105,5 +105,7 @@ def from_rpc_error(
         details = error.details() or ""
     if code == grpc.StatusCode.NOT_FOUND:
         return not_found(details, code)
-    error_class = _CLASS_BY_CODE.get(code, GmmServeClientError) if code else GmmServeClientError
+    error_class = (
+        _CLASS_BY_CODE.get(code, GmmServeClientError) if code else GmmServeClientError
+    )
     return error_class(details, code)

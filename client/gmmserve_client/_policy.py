@@ -57,9 +57,11 @@ class RetryPolicy:
         _check_positive("backoff_multiplier", self.backoff_multiplier)
 
     def service_config(self) -> str:
-        """Return the gRPC service config JSON with this policy for every unary method."""
+        """Return the gRPC service config JSON applying this policy to unary methods."""
         method_config: dict[str, object] = {
-            "name": [{"service": SERVICE_NAME, "method": name} for name in UNARY_METHODS],
+            "name": [
+                {"service": SERVICE_NAME, "method": name} for name in UNARY_METHODS
+            ],
         }
         if self.max_attempts > 1:
             method_config["retryPolicy"] = {
@@ -103,7 +105,9 @@ class ReconnectPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 0:
-            raise ValueError(f"max_attempts must be 0 or more, got {self.max_attempts!r}")
+            raise ValueError(
+                f"max_attempts must be 0 or more, got {self.max_attempts!r}"
+            )
         _check_positive("initial_backoff_s", self.initial_backoff_s)
         _check_positive("max_backoff_s", self.max_backoff_s)
         _check_positive("backoff_multiplier", self.backoff_multiplier)

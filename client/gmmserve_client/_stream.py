@@ -8,9 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import grpc
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
 
 from gmmserve_client._batch import Batch, PartAssembler, decode_batch
 from gmmserve_client._errors import (
@@ -21,7 +22,6 @@ from gmmserve_client._errors import (
     from_rpc_error,
 )
 from gmmserve_client._policy import ReconnectPolicy
-from gmmserve_proto.v1 import gmmserve_pb2 as pb
 
 if TYPE_CHECKING:
     from gmmserve_client._client import Session
@@ -124,8 +124,12 @@ class BatchStream(Iterator[Batch]):
         reconnect: ReconnectPolicy,
     ) -> None:
         if start is not None and (isinstance(start, bool) or start < 0):
-            raise ValueError(f"start must be None or a global index >= 0, got {start!r}")
-        if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
+            raise ValueError(
+                f"start must be None or a global index >= 0, got {start!r}"
+            )
+        if max_batches is not None and (
+            isinstance(max_batches, bool) or max_batches < 1
+        ):
             raise ValueError(f"max_batches must be None or >= 1, got {max_batches!r}")
         if isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
@@ -164,7 +168,7 @@ class BatchStream(Iterator[Batch]):
     def __iter__(self) -> BatchStream:
         return self
 
-    def __enter__(self) -> BatchStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -268,7 +272,8 @@ class BatchStream(Iterator[Batch]):
         connection = self._connection
         if connection is not None and not connection.send_ack(index):
             _LOGGER.debug(
-                "session %s: acknowledgement of batch %d deferred: the call cannot carry it",
+                "session %s: acknowledgement of batch %d deferred because the call "
+                "cannot carry it",
                 self.session_id,
                 index,
             )
@@ -394,7 +399,9 @@ class BatchStream(Iterator[Batch]):
                 f"last error: {details}",
                 grpc.StatusCode.UNAVAILABLE,
             ) from None
-        delay = min(policy.backoff_s(failures), max(0.0, policy.max_elapsed_s - elapsed))
+        delay = min(
+            policy.backoff_s(failures), max(0.0, policy.max_elapsed_s - elapsed)
+        )
         _LOGGER.warning(
             "session %s: stream unavailable after batch %s (%s); reconnect attempt %d "
             "in %.2f s",
@@ -407,7 +414,10 @@ class BatchStream(Iterator[Batch]):
         time.sleep(delay)
 
     def _accept(
-        self, connection: _Connection, wire_bytes: int, response: pb.StreamBatchesResponse
+        self,
+        connection: _Connection,
+        wire_bytes: int,
+        response: pb.StreamBatchesResponse,
     ) -> Batch | None:
         """Decode one response; return a batch once all of it has arrived."""
         self.bytes_received += wire_bytes

@@ -99,7 +99,9 @@ class SessionInfo:
     @classmethod
     def from_proto(cls, message: pb.SessionInfo) -> SessionInfo:
         resolved = (
-            json.loads(message.resolved_config_json) if message.resolved_config_json else {}
+            json.loads(message.resolved_config_json)
+            if message.resolved_config_json
+            else {}
         )
         return cls(
             session_id=message.session_id,

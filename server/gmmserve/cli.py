@@ -21,15 +21,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from gmmserve_client import (
     Client,
     GmmServeClientError,
     SessionInfo,
     SnapshotInfo,
 )
+from rich.console import Console
+from rich.table import Table
 
 __all__ = ["build_parser", "main"]
 
@@ -171,7 +170,9 @@ def _run_sessions(args: argparse.Namespace, console: Console) -> int:
                 info = session.restore(state=Path(args.state_file).read_text())
             else:
                 info = session.restore(snapshot_id=args.snapshot)
-            console.print(f"session {info.session_id} restored; cursor at {info.position}")
+            console.print(
+                f"session {info.session_id} restored; cursor at {info.position}"
+            )
         elif command == "close":
             position = client.session(args.session_id).close()
             console.print(f"session {args.session_id} closed; cursor was at {position}")
@@ -205,11 +206,17 @@ def _run_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _add_sessions_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sessions = commands.add_parser("sessions", help="inspect and manage sessions of a server")
+def _add_sessions_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    sessions = commands.add_parser(
+        "sessions", help="inspect and manage sessions of a server"
+    )
     actions = sessions.add_subparsers(dest="sessions_command", required=True)
 
-    def add_action(name: str, help_text: str, with_id: bool = True) -> argparse.ArgumentParser:
+    def add_action(
+        name: str, help_text: str, with_id: bool = True
+    ) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=help_text)
         parser.add_argument(
             "--target",
@@ -231,10 +238,14 @@ def _add_sessions_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
 
     create = add_action("create", "create a session", with_id=False)
     source = create.add_mutually_exclusive_group(required=True)
-    source.add_argument("--experiment", help="bundled experiment config, such as standard")
+    source.add_argument(
+        "--experiment", help="bundled experiment config, such as standard"
+    )
     source.add_argument("--config-file", help="path of a JSON data config")
     create.add_argument("--seed", type=int, help="base seed (default: the config's)")
-    create.add_argument("--loader-id", default="default", help="loader id (default 'default')")
+    create.add_argument(
+        "--loader-id", default="default", help="loader id (default 'default')"
+    )
     create.add_argument("--batch-size", type=int, default=16, help="datasets per batch")
     create.add_argument(
         "--samples-per-epoch", type=int, default=1000, help="datasets per epoch"
@@ -271,9 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
-        "--port", type=int, default=50051, help="TCP port; 0 picks a free one (default 50051)"
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=50051,
+        help="TCP port; 0 picks a free one (default 50051)",
     )
     serve.add_argument(
         "--data-dir",
@@ -295,9 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sessions_parser(commands)
 
     demo = commands.add_parser(
-        "demo", help="kill and restart a server and check every config resumes bit for bit"
+        "demo",
+        help="kill and restart a server and check every config resumes bit for bit",
     )
-    demo.add_argument("--batch-size", type=int, default=8, help="datasets per batch (default 8)")
+    demo.add_argument(
+        "--batch-size", type=int, default=8, help="datasets per batch (default 8)"
+    )
     demo.add_argument(
         "--samples-per-epoch",
         type=int,
@@ -313,12 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     bench = commands.add_parser(
-        "bench", help="measure streaming throughput beside in-process and bare gRPC baselines"
+        "bench",
+        help="measure streaming throughput beside in-process and bare gRPC baselines",
     )
-    bench.add_argument("--config", default="standard", help="experiment config (default standard)")
-    bench.add_argument("--batch-size", type=int, default=64, help="datasets per batch (default 64)")
     bench.add_argument(
-        "--batches", type=int, default=200, help="maximum batches per measurement (default 200)"
+        "--config", default="standard", help="experiment config (default standard)"
+    )
+    bench.add_argument(
+        "--batch-size", type=int, default=64, help="datasets per batch (default 64)"
+    )
+    bench.add_argument(
+        "--batches",
+        type=int,
+        default=200,
+        help="maximum batches per measurement (default 200)",
     )
     bench.add_argument(
         "--seconds",
@@ -356,7 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    console = Console()
+    console = Console(log_path=False)
+    if not console.is_terminal:
+        # Pipes and files get rich's 80-column default, which would cut ids
+        # and fingerprints out of the tables.
+        console = Console(log_path=False, width=160)
     try:
         return _HANDLERS[args.command](args, console)
     except GmmServeClientError as error:

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,17 +32,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
+from gmmserve_client import Batch, Client, GmmServeClientError, ReconnectPolicy
 from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
 from gmmserve.config import experiment_names
+from gmmserve.errors import StateError
 from gmmserve.generator import ARRAY_NAMES
 from gmmserve.loader import GMMDataLoader
-from gmmserve_client import Batch, Client, GmmServeClientError, ReconnectPolicy
 
 __all__ = ["ServerProcess", "run_demo"]
 
@@ -108,7 +108,9 @@ class ServerProcess:
         """
         if self._process is not None:
             raise RuntimeError(f"server pid {self._process.pid} is already running")
-        port_file = self.log_path.with_name(f"port-{os.getpid()}-{time.monotonic_ns()}.json")
+        port_file = self.log_path.with_name(
+            f"port-{os.getpid()}-{time.monotonic_ns()}.json"
+        )
         command = [
             sys.executable,
             "-m",
@@ -178,7 +180,9 @@ class ServerProcess:
             try:
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                _LOGGER.warning("server pid %d ignored SIGTERM; killing it", process.pid)
+                _LOGGER.warning(
+                    "server pid %d ignored SIGTERM; killing it", process.pid
+                )
         self.kill()
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
@@ -188,7 +192,7 @@ class ServerProcess:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -201,7 +205,9 @@ class ServerProcess:
         self.kill()
 
 
-def _local_loader(name: str, batch_size: int, samples_per_epoch: int, seed: int) -> GMMDataLoader:
+def _local_loader(
+    name: str, batch_size: int, samples_per_epoch: int, seed: int
+) -> GMMDataLoader:
     with warnings.catch_warnings():
         # The bundled configs carry legacy keys that change nothing.
         warnings.simplefilter("ignore")
@@ -227,7 +233,9 @@ def _array_differences(
             or actual.shape != expected_array.shape
             or actual.tobytes() != expected_array.tobytes()
         ):
-            differences.append(f"batch {received.global_index}: {name} differs from {label}")
+            differences.append(
+                f"batch {received.global_index}: {name} differs from {label}"
+            )
     return differences
 
 
@@ -236,7 +244,9 @@ def _local_run(loader: GMMDataLoader, count: int) -> list[dict[str, NDArray[Any]
     arrays: list[dict[str, NDArray[Any]]] = []
     while len(arrays) < count:
         for data, targets in loader:
-            arrays.append({"data": data, **{name: targets[name] for name in ARRAY_NAMES[1:]}})
+            arrays.append(
+                {"data": data, **{name: targets[name] for name in ARRAY_NAMES[1:]}}
+            )
             if len(arrays) == count:
                 break
     return arrays
@@ -299,14 +309,17 @@ def _resume_after_restart(client: Client, run: _ConfigRun) -> None:
     run.resumed_at = info.position.global_index
     if run.resumed_at != run.snapshot_at:
         run.problems.append(
-            f"restore moved the cursor to {run.resumed_at}, not the snapshot's {run.snapshot_at}"
+            f"restore moved the cursor to {run.resumed_at}, not the snapshot's "
+            f"{run.snapshot_at}"
         )
     with session.batches(max_batches=_AFTER_RESTORE) as stream:
         run.resumed = list(stream)
     session.close()
 
 
-def _check_run(run: _ConfigRun, batch_size: int, samples_per_epoch: int, seed: int) -> None:
+def _check_run(
+    run: _ConfigRun, batch_size: int, samples_per_epoch: int, seed: int
+) -> None:
     expected_indices = list(range(run.snapshot_at, run.snapshot_at + _AFTER_RESTORE))
     received_indices = [batch.global_index for batch in run.resumed]
     if received_indices != expected_indices:
@@ -322,19 +335,31 @@ def _check_run(run: _ConfigRun, batch_size: int, samples_per_epoch: int, seed: i
                 f"{batch.batch_index}; expected epoch {epoch} batch {batch_index}"
             )
         local = uninterrupted.batch_at(epoch, batch_index)
-        run.problems.extend(_array_differences("the local loader's", batch, local.arrays))
+        run.problems.extend(
+            _array_differences("the local loader's", batch, local.arrays)
+        )
 
     before = {batch.global_index: batch for batch in run.before_kill}
     for batch in run.resumed:
         earlier = before.get(batch.global_index)
         if earlier is not None:
             run.problems.extend(
-                _array_differences("the batch received before the kill", batch, earlier.arrays)
+                _array_differences(
+                    "the batch received before the kill", batch, earlier.arrays
+                )
             )
 
     restored = _local_loader(run.name, batch_size, samples_per_epoch, seed)
-    restored.restore_state(json.loads(run.snapshot_state))
-    for batch, arrays in zip(run.resumed, _local_run(restored, len(run.resumed)), strict=False):
+    try:
+        restored.restore_state(json.loads(run.snapshot_state))
+    except StateError as error:
+        run.problems.append(
+            f"the snapshot's state does not restore a local loader: {error}"
+        )
+        return
+    for batch, arrays in zip(
+        run.resumed, _local_run(restored, len(run.resumed)), strict=False
+    ):
         run.problems.extend(
             _array_differences("the restored local loader's", batch, arrays)
         )
@@ -353,10 +378,19 @@ def _results_table(runs: Sequence[_ConfigRun]) -> Table:
         caption="positions: global index (epoch, batch); fingerprint of the first "
         "resumed batch",
     )
-    for column in ("config", "batches", "snapshot at", "resumed at", "match", "fingerprint"):
+    for column in (
+        "config",
+        "batches",
+        "snapshot at",
+        "resumed at",
+        "match",
+        "fingerprint",
+    ):
         table.add_column(column, no_wrap=True)
     for run in runs:
-        first = run.resumed[0].fingerprint.split(":", 1)[-1][:12] if run.resumed else "-"
+        first = (
+            run.resumed[0].fingerprint.split(":", 1)[-1][:12] if run.resumed else "-"
+        )
         table.add_row(
             run.name,
             str(len(run.before_kill) + len(run.resumed)),
@@ -401,7 +435,9 @@ def run_demo(
             )
         except (GmmServeClientError, RuntimeError) as error:
             console.print(f"[red]demo failed:[/red] {error}", highlight=False)
-            console.print(f"server log:\n{server.log_tail()}", highlight=False, markup=False)
+            console.print(
+                f"server log:\n{server.log_tail()}", highlight=False, markup=False
+            )
             return 1
         finally:
             server.kill()
@@ -445,7 +481,9 @@ def _run_with_server(
     server.kill()
     console.log(f"killed server pid {pid} with SIGKILL")
     server.start()
-    console.log(f"restarted: server pid {server.pid} on {server.target}, same data directory")
+    console.log(
+        f"restarted: server pid {server.pid} on {server.target}, same data directory"
+    )
     with Client(server.target, reconnect=reconnect) as client:
         for run in runs:
             _resume_after_restart(client, run)

@@ -1,0 +1,254 @@
+"""Tests of the gmmserve command: the demo and the operator commands."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gmmserve.cli import main
+from gmmserve.config import experiment_names
+from gmmserve.demo import _check_run, _ConfigRun, _local_loader
+from gmmserve.generator import ARRAY_NAMES
+from gmmserve.loader import GMMDataLoader
+from gmmserve.service import BackgroundServer, ServerSettings
+from gmmserve_client import Batch, Client
+
+
+def test_cli_demo_matches_every_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    output = capsys.readouterr().out
+    names = experiment_names()
+    assert len(names) == 7
+    for name in names:
+        row = re.search(rf"│ {re.escape(name)}\s+│[^\n]*│ (yes|no)\s+│", output)
+        assert row is not None, name
+        assert row.group(1) == "yes", name
+    assert f"all {len(names)} configs resumed bit for bit" in output
+    assert "killed server pid" in output
+
+
+def _received(loader: GMMDataLoader, indices: range) -> list[Batch]:
+    """Build client batches from a local loader, as a server would send them."""
+    batches = []
+    for index in indices:
+        epoch, batch_index = divmod(index, loader.batches_per_epoch)
+        arrays = {
+            name: array.copy()
+            for name, array in loader.batch_at(epoch, batch_index).arrays.items()
+        }
+        batches.append(
+            Batch(
+                epoch=epoch,
+                batch_index=batch_index,
+                global_index=index,
+                data=arrays.pop("data"),
+                targets=arrays,
+                fingerprint="",
+            )
+        )
+    return batches
+
+
+def _demo_run(seed: int) -> _ConfigRun:
+    loader = _local_loader("simple", 8, 20, seed)
+    snapshot = _local_loader("simple", 8, 20, seed)
+    snapshot.seek(0, 2)
+    return _ConfigRun(
+        name="simple",
+        session_id="ses_test",
+        snapshot_id="snap_test",
+        snapshot_at=2,
+        snapshot_state=_state_json(snapshot),
+        batches_per_epoch=loader.batches_per_epoch,
+        cursor_before_kill=5,
+        before_kill=_received(loader, range(5)),
+        resumed=_received(loader, range(2, 6)),
+        resumed_at=2,
+    )
+
+
+def _state_json(loader: GMMDataLoader) -> str:
+    return json.dumps(loader.state_dict())
+
+
+def test_cli_demo_check_accepts_equal_batches() -> None:
+    run = _demo_run(seed=5)
+    _check_run(run, 8, 20, 5)
+    assert run.problems == []
+
+
+def test_cli_demo_check_reports_flipped_bit() -> None:
+    run = _demo_run(seed=5)
+    labels = run.resumed[1].targets["labels"]
+    labels.view(np.uint8)[0] ^= 1
+    _check_run(run, 8, 20, 5)
+    assert "batch 3: labels differs from the local loader's" in run.problems
+    assert (
+        "batch 3: labels differs from the batch received before the kill"
+        in run.problems
+    )
+    assert "batch 3: labels differs from the restored local loader's" in run.problems
+    assert len(run.problems) == 3
+
+
+def test_cli_demo_check_reports_other_seed() -> None:
+    run = _demo_run(seed=5)
+    _check_run(run, 8, 20, 6)
+    # Batches of seed 5 checked against seed 6: every array of every
+    # received batch differs from the local loader's, except mi_target,
+    # which is all NaN in SNR mode whatever the seed.
+    received = len(run.before_kill) + len(run.resumed)
+    against_local = [
+        problem for problem in run.problems if "the local loader's" in problem
+    ]
+    assert len(against_local) == received * (len(ARRAY_NAMES) - 1)
+    assert not any("mi_target" in problem for problem in against_local)
+    assert any(
+        "state does not restore a local loader" in problem for problem in run.problems
+    )
+
+
+def test_cli_demo_check_reports_missing_batch() -> None:
+    run = _demo_run(seed=5)
+    del run.resumed[2]
+    _check_run(run, 8, 20, 5)
+    assert "resumed batches [2, 3, 5]; expected [2, 3, 4, 5]" in run.problems
+
+
+@pytest.fixture(scope="module")
+def server_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("cli-store")
+    )
+    with BackgroundServer(settings) as server:
+        yield f"127.0.0.1:{server.port}"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cli_sessions_commands(
+    server_target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ("--target", server_target)
+    status, output, _ = _run(
+        capsys,
+        "sessions",
+        "create",
+        *target,
+        "--experiment",
+        "simple",
+        "--seed",
+        "9",
+        "--loader-id",
+        "ops",
+        "--batch-size",
+        "4",
+        "--samples-per-epoch",
+        "10",
+    )
+    assert status == 0
+    created = re.search(r"session (ses_\S+)", output)
+    assert created is not None
+    session_id = created.group(1)
+    assert re.search(r"batches per epoch\s+│ 3 ", output)
+
+    with (
+        Client(server_target) as client,
+        client.session(session_id).batches(max_batches=4) as stream,
+    ):
+        assert [batch.global_index for batch in stream] == [0, 1, 2, 3]
+
+    status, output, _ = _run(capsys, "sessions", "list", *target)
+    assert status == 0
+    assert re.search(rf"{session_id}\s+│ simple\s+│ ops\s+│", output)
+
+    status, output, _ = _run(capsys, "sessions", "get", *target, session_id)
+    assert status == 0
+    assert re.search(r"cursor\s+│ 4 \(epoch 1, batch 1\)", output)
+
+    status, output, _ = _run(
+        capsys, "sessions", "snapshot", *target, session_id, "--label", "four"
+    )
+    assert status == 0
+    assert "snapshot saved" in output
+    snapshot = re.search(r"(snap_\S+)\s+│ four\s+│ 4 \(epoch 1, batch 1\)", output)
+    assert snapshot is not None
+    snapshot_id = snapshot.group(1)
+
+    status, output, _ = _run(capsys, "sessions", "snapshots", *target, session_id)
+    assert status == 0
+    assert f"1 snapshots of session {session_id}" in output
+    assert snapshot_id in output
+
+    # A state file written by a local loader at epoch 2, batch 0 (index 6).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loader = GMMDataLoader(
+            "simple", batch_size=4, num_samples=10, base_seed=9, loader_id="ops"
+        )
+    loader.seek(2, 0)
+    state_path = tmp_path / "state.json"
+    loader.save_state(state_path)
+    status, output, _ = _run(
+        capsys,
+        "sessions",
+        "restore",
+        *target,
+        session_id,
+        "--state-file",
+        str(state_path),
+    )
+    assert status == 0
+    assert f"session {session_id} restored; cursor at 6 (epoch 2, batch 0)" in output
+
+    status, output, _ = _run(
+        capsys, "sessions", "restore", *target, session_id, "--snapshot", snapshot_id
+    )
+    assert status == 0
+    assert f"session {session_id} restored; cursor at 4 (epoch 1, batch 1)" in output
+
+    status, output, _ = _run(capsys, "sessions", "close", *target, session_id)
+    assert status == 0
+    assert f"session {session_id} closed; cursor was at 4 (epoch 1, batch 1)" in output
+
+    status, _, error = _run(capsys, "sessions", "get", *target, session_id)
+    assert status == 1
+    assert "NOT_FOUND" in error
+    assert session_id in error
+
+
+def test_cli_sessions_create_invalid_experiment(
+    server_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, error = _run(
+        capsys, "sessions", "create", "--target", server_target, "--experiment", "nope"
+    )
+    assert status == 1
+    assert "INVALID_ARGUMENT" in error
+    assert "nope" in error
+
+
+def test_cli_sessions_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+    # Port 9 on loopback (discard) has no gRPC server in the test environment.
+    status, _, error = _run(
+        capsys, "sessions", "list", "--target", "127.0.0.1:9", "--timeout-s", "1"
+    )
+    assert status == 1
+    assert "127.0.0.1:9" in error
+    assert "check that the server is running" in error
+
+
+def test_cli_requires_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([])
+    assert caught.value.code == 2
+    assert "required" in capsys.readouterr().err
