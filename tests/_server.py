@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,26 @@ def create_session(stub: pb_grpc.GmmServiceStub, **spec: Any) -> pb.SessionInfo:
     return response.session
 
 
+def cursor_of(stub: pb_grpc.GmmServiceStub, session_id: str) -> int:
+    """Return the committed cursor of a session."""
+    info = stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=RPC_TIMEOUT_S)
+    return info.position.global_index
+
+
+def wait_for_cursor(stub: pb_grpc.GmmServiceStub, session_id: str, expected: int) -> int:
+    """Poll the committed cursor until it equals ``expected`` or 20 s pass.
+
+    Acks are persisted asynchronously to the client, so a test that sent an
+    Ack waits for it here; the caller asserts on the value returned.
+    """
+    deadline = time.monotonic() + 20
+    cursor = cursor_of(stub, session_id)
+    while cursor != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        cursor = cursor_of(stub, session_id)
+    return cursor
+
+
 class ServerProcess:
     """``python -m gmmserve.service`` on 127.0.0.1, port 0, in a subprocess.
 
@@ -199,11 +220,17 @@ class ServerProcess:
         return self.log_path.read_text()
 
 
-def iterate_server_processes(data_dir: Path) -> Iterator[ServerProcess]:
-    """Yield servers on ``data_dir`` one after another, killing each at the end."""
-    while True:
-        server = ServerProcess(data_dir)
+@contextmanager
+def running_server(
+    data_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[ServerProcess, pb_grpc.GmmServiceStub]]:
+    """Run a ServerProcess with a connected stub, and SIGKILL it at the end."""
+    server = ServerProcess(data_dir, env)
+    try:
+        channel = open_channel(server.port)
         try:
-            yield server
+            yield server, pb_grpc.GmmServiceStub(channel)
         finally:
-            server.kill()
+            channel.close()
+    finally:
+        server.kill()

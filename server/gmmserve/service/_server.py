@@ -7,6 +7,7 @@ import concurrent.futures
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,10 @@ from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 __all__ = ["SERVICE_NAME", "BackgroundServer", "GmmServer", "serve", "serve_settings"]
 
 _LOGGER = logging.getLogger(__name__)
+
+# Seconds that calls other than batch streams get once every stream ended.
+_DRAIN_AFTER_STREAMS_S = 1.0
+_POLL_S = 0.02
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GmmService"].full_name
 
@@ -101,20 +106,32 @@ class GmmServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop serving: end open streams with UNAVAILABLE, then close the store.
 
-        New RPCs are rejected at once. Open RPCs get ``grace_s`` seconds
-        (default: the settings' grace period) before they are cancelled.
-        Cursor writes already submitted finish before the store closes.
+        New RPCs are rejected at once. Open RPCs get up to ``grace_s``
+        seconds (default: the settings' grace period) before they are
+        cancelled, and at most ``_DRAIN_AFTER_STREAMS_S`` once every batch
+        stream has ended. Cursor writes already submitted finish before the
+        store closes.
         """
         if self._stopped or self._server is None:
             return
         self._stopped = True
         grace = self.settings.grace_s if grace_s is None else grace_s
         _LOGGER.info("gmmserve stopping with a grace period of %.1f s", grace)
+        deadline = time.monotonic() + grace
         await self._health.enter_graceful_shutdown()
         stopping = asyncio.ensure_future(self._server.stop(grace))
         assert self.registry is not None
         ended = self.registry.begin_shutdown()
         _LOGGER.info("asked %d open streams to end", ended)
+        while self.registry.open_stream_count and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_S)
+        # Health Watch calls never end by themselves and would hold the
+        # server for the whole grace period. Once the batch streams are done,
+        # other calls get a short drain, then a second stop cuts them off.
+        drain = max(0.0, min(_DRAIN_AFTER_STREAMS_S, deadline - time.monotonic()))
+        done, _ = await asyncio.wait({stopping}, timeout=drain)
+        if not done:
+            await self._server.stop(0)
         await stopping
         assert self._executor is not None and self._store is not None
         self._executor.shutdown(wait=False, cancel_futures=True)

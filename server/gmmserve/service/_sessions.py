@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from gmmserve.config import Limits
-from gmmserve.errors import ConfigError, StateError
+from gmmserve.errors import ConfigError
 from gmmserve.loader import GMMDataLoader
 from gmmserve.service._spec import (
     NormalizedSpec,
@@ -237,7 +237,7 @@ class SessionRegistry:
             for stream in live.streams:
                 stream.request_end(
                     grpc.StatusCode.ABORTED,
-                    f"session {session_id} was restored to batch {{cursor}}; "
+                    f"session {session_id} was restored to batch {cursor}; "
                     "open a new stream",
                 )
             live.record = await self.store.set_cursor(session_id, cursor)
@@ -248,8 +248,6 @@ class SessionRegistry:
         # A fresh loader validates the document exactly as a local restore
         # would, including the move to the next epoch for a batch past the end.
         loader = build_loader(record, self.limits)
-        if not isinstance(document.get("loader_state"), dict):
-            raise StateError("state document has no 'loader_state' object")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             loader.restore_state(document)

@@ -1,0 +1,213 @@
+"""Tests of the SQLite session store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from gmmserve.errors import NotFoundError, StoreError
+from gmmserve.store import CursorConflictError, SessionRecord, SnapshotRecord, SQLiteStore
+from gmmserve.store.sqlite import DATABASE_NAME
+
+_T = TypeVar("_T")
+
+
+def run(coroutine: Awaitable[_T]) -> _T:
+    async def wrapper() -> _T:
+        return await coroutine
+
+    return asyncio.run(wrapper())
+
+
+def session_record(session_id: str, request_id: str | None = None) -> SessionRecord:
+    return SessionRecord(
+        session_id=session_id,
+        request_id=request_id,
+        spec_json='{"batch_size":4}',
+        seed=197611,
+        base_seed=7,
+        resolved_config_json='{"dim":2}',
+        fingerprint="f" * 64,
+        batches_per_epoch=3,
+        cursor=0,
+        generation=0,
+        created_at=1000.0,
+        updated_at=1000.0,
+    )
+
+
+def snapshot_record(snapshot_id: str, session_id: str, cursor: int, at: float) -> SnapshotRecord:
+    return SnapshotRecord(
+        snapshot_id=snapshot_id,
+        session_id=session_id,
+        label=f"at {cursor}",
+        cursor=cursor,
+        fingerprint="f" * 64,
+        state_json='{"format_version": 1}',
+        created_at=at,
+    )
+
+
+def test_store_create_and_get(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        record = session_record("ses_a")
+        stored, existing = await store.create_session(record)
+        assert stored == record
+        assert existing is False
+        assert await store.get_session("ses_a") == record
+        await store.close()
+
+    run(scenario())
+
+
+def test_store_request_id_returns_existing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        first, existing = await store.create_session(session_record("ses_a", "req-1"))
+        assert existing is False
+        second, existing = await store.create_session(session_record("ses_b", "req-1"))
+        assert existing is True
+        assert second == first
+        with pytest.raises(NotFoundError):
+            await store.get_session("ses_b")
+        # Sessions without a request id never collide.
+        await store.create_session(session_record("ses_c"))
+        _, existing = await store.create_session(session_record("ses_d"))
+        assert existing is False
+        await store.close()
+
+    run(scenario())
+
+
+def test_store_unknown_ids_raise_not_found(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        with pytest.raises(NotFoundError, match="ses_missing"):
+            await store.get_session("ses_missing")
+        with pytest.raises(NotFoundError):
+            await store.set_cursor("ses_missing", 3)
+        with pytest.raises(NotFoundError):
+            await store.delete_session("ses_missing")
+        with pytest.raises(NotFoundError):
+            await store.get_snapshot("snap_missing")
+        with pytest.raises(NotFoundError):
+            await store.put_snapshot(snapshot_record("snap_x", "ses_missing", 0, 1.0))
+        await store.close()
+
+    run(scenario())
+
+
+def test_store_list_sessions_pages(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        for name in ("ses_c", "ses_a", "ses_e", "ses_b", "ses_d"):
+            await store.create_session(session_record(name))
+        first = await store.list_sessions(2)
+        assert [record.session_id for record in first] == ["ses_a", "ses_b"]
+        second = await store.list_sessions(2, after=first[-1].session_id)
+        assert [record.session_id for record in second] == ["ses_c", "ses_d"]
+        third = await store.list_sessions(2, after=second[-1].session_id)
+        assert [record.session_id for record in third] == ["ses_e"]
+        await store.close()
+
+    run(scenario())
+
+
+def test_store_set_cursor_compare_and_set(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        await store.create_session(session_record("ses_a"))
+        updated = await store.set_cursor("ses_a", 5, expected_generation=0)
+        assert updated.cursor == 5
+        assert updated.generation == 1
+        with pytest.raises(CursorConflictError, match="generation 1, expected 0"):
+            await store.set_cursor("ses_a", 9, expected_generation=0)
+        unguarded = await store.set_cursor("ses_a", 2)
+        assert unguarded.cursor == 2
+        assert unguarded.generation == 2
+        assert await store.get_session("ses_a") == unguarded
+        await store.close()
+
+    run(scenario())
+
+
+def test_store_cursor_survives_reopen(tmp_path: Path) -> None:
+    async def write() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        await store.create_session(session_record("ses_a"))
+        await store.set_cursor("ses_a", 41)
+        await store.close()
+
+    async def read() -> SessionRecord:
+        store = await SQLiteStore.open_in(tmp_path)
+        record = await store.get_session("ses_a")
+        await store.close()
+        return record
+
+    run(write())
+    record = run(read())
+    assert record.cursor == 41
+    assert record.generation == 1
+
+
+def test_store_uses_wal_mode(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        await store.close()
+
+    run(scenario())
+    connection = sqlite3.connect(tmp_path / DATABASE_NAME)
+    try:
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        connection.close()
+    assert mode == "wal"
+
+
+def test_store_snapshots_listed_and_deleted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        await store.create_session(session_record("ses_a"))
+        await store.create_session(session_record("ses_b"))
+        later = snapshot_record("snap_2", "ses_a", 7, 2000.0)
+        earlier = snapshot_record("snap_1", "ses_a", 3, 1500.0)
+        other = snapshot_record("snap_3", "ses_b", 1, 1700.0)
+        for record in (later, earlier, other):
+            await store.put_snapshot(record)
+        assert await store.get_snapshot("snap_1") == earlier
+        assert await store.list_snapshots("ses_a") == [earlier, later]
+        # updated_at is the creation time of the snapshot written last.
+        assert (await store.get_session("ses_a")).updated_at == 1500.0
+
+        deleted = await store.delete_session("ses_a")
+        assert deleted.session_id == "ses_a"
+        assert await store.list_snapshots("ses_a") == []
+        with pytest.raises(NotFoundError):
+            await store.get_snapshot("snap_2")
+        assert await store.get_snapshot("snap_3") == other
+        await store.close()
+
+    run(scenario())
+
+
+def test_store_failed_snapshot_rolls_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        await store.create_session(session_record("ses_a"))
+        first = snapshot_record("snap_1", "ses_a", 3, 1500.0)
+        await store.put_snapshot(first)
+        # A duplicate id fails inside the transaction, after the session check.
+        duplicate = snapshot_record("snap_1", "ses_a", 9, 1600.0)
+        with pytest.raises(StoreError, match="UNIQUE"):
+            await store.put_snapshot(duplicate)
+        assert await store.list_snapshots("ses_a") == [first]
+        assert (await store.get_session("ses_a")).updated_at == 1500.0
+        await store.close()
+
+    run(scenario())
