@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-
 from gmmserve.generator import ARRAY_NAMES, Batch
 from gmmserve_proto.v1 import gmmserve_pb2 as pb
 from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
@@ -98,7 +97,9 @@ class BatchStream:
         return decode_batch(pb.Batch.FromString(b"".join(payloads)), part.part_count)
 
     def ack(self, global_index: int) -> None:
-        self._requests.put(pb.StreamBatchesRequest(ack=pb.Ack(global_index=global_index)))
+        self._requests.put(
+            pb.StreamBatchesRequest(ack=pb.Ack(global_index=global_index))
+        )
 
     def half_close(self) -> None:
         self._requests.put(None)
@@ -134,11 +135,15 @@ def create_session(stub: pb_grpc.GmmServiceStub, **spec: Any) -> pb.SessionInfo:
 
 def cursor_of(stub: pb_grpc.GmmServiceStub, session_id: str) -> int:
     """Return the committed cursor of a session."""
-    info = stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=RPC_TIMEOUT_S)
+    info = stub.GetSession(
+        pb.GetSessionRequest(session_id=session_id), timeout=RPC_TIMEOUT_S
+    )
     return info.position.global_index
 
 
-def wait_for_cursor(stub: pb_grpc.GmmServiceStub, session_id: str, expected: int) -> int:
+def wait_for_cursor(
+    stub: pb_grpc.GmmServiceStub, session_id: str, expected: int
+) -> int:
     """Poll the committed cursor until it equals ``expected`` or 20 s pass.
 
     Acks are persisted asynchronously to the client, so a test that sent an
@@ -168,7 +173,8 @@ class ServerProcess:
         self.log_path = data_dir / "server.log"
         environment = dict(os.environ)
         environment.update(env or {})
-        self._log = open(self.log_path, "ab")
+        # The server writes to this file until kill() or terminate() closes it.
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 sys.executable,

@@ -9,11 +9,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from conftest import SMALL_CONFIG
-
 from _server import (
     RPC_TIMEOUT_S,
     BatchStream,
@@ -23,20 +18,24 @@ from _server import (
     open_channel,
     wait_for_cursor,
 )
+from conftest import SMALL_CONFIG
 from gmmserve.config import experiment_names
 from gmmserve.loader import GMMDataLoader
 from gmmserve.service import SERVICE_NAME, BackgroundServer, ServerSettings
 from gmmserve_proto.v1 import gmmserve_pb2 as pb
 from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 # The bundled experiment configs carry legacy keys that warn on every load.
 pytestmark = pytest.mark.filterwarnings("ignore::gmmserve.errors.LegacyKeyWarning")
 
 
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[BackgroundServer]:
-    with BackgroundServer(ServerSettings(port=0, data_dir=tmp_path, grace_s=5.0)) as running:
+    with BackgroundServer(
+        ServerSettings(port=0, data_dir=tmp_path, grace_s=5.0)
+    ) as running:
         yield running
 
 
@@ -75,7 +74,6 @@ def small_loader(**options: object) -> GMMDataLoader:
     return GMMDataLoader(dict(SMALL_CONFIG), **arguments)  # type: ignore[arg-type]
 
 
-
 def wait_for_open_streams(server: BackgroundServer, expected: int) -> int:
     deadline = time.monotonic() + 20
     count = server.open_stream_count
@@ -92,7 +90,9 @@ def rpc_error(call: object) -> grpc.RpcError:
 
 
 @pytest.mark.parametrize("experiment", experiment_names())
-def test_server_streams_every_experiment(stub: pb_grpc.GmmServiceStub, experiment: str) -> None:
+def test_server_streams_every_experiment(
+    stub: pb_grpc.GmmServiceStub, experiment: str
+) -> None:
     info = create_session(
         stub,
         experiment=experiment,
@@ -142,7 +142,9 @@ def test_server_resumes_after_last_ack(stub: pb_grpc.GmmServiceStub) -> None:
 def test_server_start_index_overrides_cursor(stub: pb_grpc.GmmServiceStub) -> None:
     info = small_session(stub)
     loader = small_loader()
-    stream = BatchStream(stub, session_id=info.session_id, start_global_index=7, max_batches=2)
+    stream = BatchStream(
+        stub, session_id=info.session_id, start_global_index=7, max_batches=2
+    )
     first = stream.next_batch()
     assert (first.epoch, first.batch_index, first.global_index) == (2, 1, 7)
     assert_batch_equal(first, loader.batch_at(2, 1))
@@ -170,7 +172,9 @@ def test_server_cancel_frees_stream_slots(
     server: BackgroundServer, stub: pb_grpc.GmmServiceStub
 ) -> None:
     info = small_session(stub)
-    streams = [BatchStream(stub, session_id=info.session_id, window=2) for _ in range(5)]
+    streams = [
+        BatchStream(stub, session_id=info.session_id, window=2) for _ in range(5)
+    ]
     for stream in streams:
         stream.next_batch()
     assert server.open_stream_count == 5
@@ -194,10 +198,14 @@ def test_server_unary_calls_answer_beside_32_streams(
     assert server.open_stream_count == 32
 
     for _ in range(5):
-        snapshot = stub.Snapshot(pb.SnapshotRequest(session_id=info.session_id), timeout=5)
+        snapshot = stub.Snapshot(
+            pb.SnapshotRequest(session_id=info.session_id), timeout=5
+        )
         assert snapshot.position.global_index == 0
         assert cursor_of(stub, info.session_id) == 0
-        session = stub.GetSession(pb.GetSessionRequest(session_id=info.session_id), timeout=5)
+        session = stub.GetSession(
+            pb.GetSessionRequest(session_id=info.session_id), timeout=5
+        )
         assert session.session_id == info.session_id
 
     for stream in streams:
@@ -207,9 +215,15 @@ def test_server_unary_calls_answer_beside_32_streams(
 
 def test_server_large_batch_streams_in_parts(stub: pb_grpc.GmmServiceStub) -> None:
     info = create_session(
-        stub, experiment="advanced", loader_id="train", batch_size=256, samples_per_epoch=768
+        stub,
+        experiment="advanced",
+        loader_id="train",
+        batch_size=256,
+        samples_per_epoch=768,
     )
-    loader = GMMDataLoader("advanced", batch_size=256, num_samples=768, loader_id="train")
+    loader = GMMDataLoader(
+        "advanced", batch_size=256, num_samples=768, loader_id="train"
+    )
     stream = BatchStream(stub, session_id=info.session_id, window=1, max_batches=3)
     sizes = []
     for _ in range(3):
@@ -232,7 +246,8 @@ def test_server_snapshot_restore_round_trip(stub: pb_grpc.GmmServiceStub) -> Non
     assert stream.finish() is None
 
     snapshot = stub.Snapshot(
-        pb.SnapshotRequest(session_id=info.session_id, label="after 5"), timeout=RPC_TIMEOUT_S
+        pb.SnapshotRequest(session_id=info.session_id, label="after 5"),
+        timeout=RPC_TIMEOUT_S,
     )
     assert snapshot.position.global_index == 5
     assert (snapshot.position.epoch, snapshot.position.batch_index) == (1, 2)
@@ -295,7 +310,9 @@ def test_server_snapshot_at_epoch_end(stub: pb_grpc.GmmServiceStub) -> None:
         next(local)
     assert local.current_batch == 3
     restored = stub.Restore(
-        pb.RestoreRequest(session_id=info.session_id, state_json=json.dumps(local.state_dict())),
+        pb.RestoreRequest(
+            session_id=info.session_id, state_json=json.dumps(local.state_dict())
+        ),
         timeout=RPC_TIMEOUT_S,
     )
     position = restored.session.position
@@ -406,8 +423,12 @@ def test_server_restore_ends_open_stream(
     assert wait_for_open_streams(server, 0) == 0
 
 
-def test_server_request_id_makes_create_idempotent(stub: pb_grpc.GmmServiceStub) -> None:
-    spec = pb.SessionSpec(experiment="simple", batch_size=4, samples_per_epoch=16, seed=1)
+def test_server_request_id_makes_create_idempotent(
+    stub: pb_grpc.GmmServiceStub,
+) -> None:
+    spec = pb.SessionSpec(
+        experiment="simple", batch_size=4, samples_per_epoch=16, seed=1
+    )
     first = stub.CreateSession(
         pb.CreateSessionRequest(spec=spec, request_id="job-17"), timeout=RPC_TIMEOUT_S
     )
@@ -418,10 +439,13 @@ def test_server_request_id_makes_create_idempotent(stub: pb_grpc.GmmServiceStub)
     assert again.existing is True
     assert again.session.session_id == first.session.session_id
 
-    other = pb.SessionSpec(experiment="simple", batch_size=8, samples_per_epoch=16, seed=1)
+    other = pb.SessionSpec(
+        experiment="simple", batch_size=8, samples_per_epoch=16, seed=1
+    )
     error = rpc_error(
         lambda: stub.CreateSession(
-            pb.CreateSessionRequest(spec=other, request_id="job-17"), timeout=RPC_TIMEOUT_S
+            pb.CreateSessionRequest(spec=other, request_id="job-17"),
+            timeout=RPC_TIMEOUT_S,
         )
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -431,7 +455,9 @@ def test_server_request_id_makes_create_idempotent(stub: pb_grpc.GmmServiceStub)
 
 def test_server_list_and_close_sessions(stub: pb_grpc.GmmServiceStub) -> None:
     created = sorted(small_session(stub).session_id for _ in range(5))
-    first = stub.ListSessions(pb.ListSessionsRequest(page_size=3), timeout=RPC_TIMEOUT_S)
+    first = stub.ListSessions(
+        pb.ListSessionsRequest(page_size=3), timeout=RPC_TIMEOUT_S
+    )
     assert [info.session_id for info in first.sessions] == created[:3]
     second = stub.ListSessions(
         pb.ListSessionsRequest(page_size=3, page_token=first.next_page_token),
@@ -457,7 +483,9 @@ def test_server_list_and_close_sessions(stub: pb_grpc.GmmServiceStub) -> None:
     )
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     snapshots = rpc_error(
-        lambda: stub.ListSnapshots(pb.ListSnapshotsRequest(session_id=session_id), timeout=5)
+        lambda: stub.ListSnapshots(
+            pb.ListSnapshotsRequest(session_id=session_id), timeout=5
+        )
     )
     assert snapshots.code() == grpc.StatusCode.NOT_FOUND
 
@@ -511,7 +539,12 @@ def test_server_not_found_codes(stub: pb_grpc.GmmServiceStub) -> None:
             ["spec.samples_per_epoch", "0", "[1, 9007199254740991]"],
         ),
         (
-            {"experiment": "standard", "batch_size": 4, "samples_per_epoch": 8, "seed": 2**60},
+            {
+                "experiment": "standard",
+                "batch_size": 4,
+                "samples_per_epoch": 8,
+                "seed": 2**60,
+            },
             ["spec.seed", str(2**60), "[0, 9007199253740991]"],
         ),
         (
@@ -568,7 +601,9 @@ def test_server_invalid_stream_requests(stub: pb_grpc.GmmServiceStub) -> None:
     assert "65" in error.details()
     assert "[1, 64]" in error.details()
 
-    stream = BatchStream(stub, session_id=info.session_id, start_global_index=4, window=2)
+    stream = BatchStream(
+        stub, session_id=info.session_id, start_global_index=4, window=2
+    )
     assert stream.next_batch().global_index == 4
     assert stream.next_batch().global_index == 5
     stream.ack(9)
@@ -589,10 +624,14 @@ def test_server_invalid_stream_requests(stub: pb_grpc.GmmServiceStub) -> None:
 def test_server_restore_of_other_seed_fails(stub: pb_grpc.GmmServiceStub) -> None:
     ours = small_session(stub, seed=5)
     theirs = small_session(stub, seed=6)
-    snapshot = stub.Snapshot(pb.SnapshotRequest(session_id=theirs.session_id), timeout=5)
+    snapshot = stub.Snapshot(
+        pb.SnapshotRequest(session_id=theirs.session_id), timeout=5
+    )
     error = rpc_error(
         lambda: stub.Restore(
-            pb.RestoreRequest(session_id=ours.session_id, snapshot_id=snapshot.snapshot_id),
+            pb.RestoreRequest(
+                session_id=ours.session_id, snapshot_id=snapshot.snapshot_id
+            ),
             timeout=5,
         )
     )
@@ -603,7 +642,9 @@ def test_server_restore_of_other_seed_fails(stub: pb_grpc.GmmServiceStub) -> Non
     document["format_version"] = 2
     error = rpc_error(
         lambda: stub.Restore(
-            pb.RestoreRequest(session_id=theirs.session_id, state_json=json.dumps(document)),
+            pb.RestoreRequest(
+                session_id=theirs.session_id, state_json=json.dumps(document)
+            ),
             timeout=5,
         )
     )
@@ -626,7 +667,8 @@ def test_server_restore_of_malformed_state(
     info = small_session(stub)
     error = rpc_error(
         lambda: stub.Restore(
-            pb.RestoreRequest(session_id=info.session_id, state_json=state_json), timeout=5
+            pb.RestoreRequest(session_id=info.session_id, state_json=state_json),
+            timeout=5,
         )
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -636,7 +678,9 @@ def test_server_restore_of_malformed_state(
 def test_server_health_and_reflection(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", SERVICE_NAME):
-        response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        response = health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
         assert response.status == health_pb2.HealthCheckResponse.SERVING, service
 
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)

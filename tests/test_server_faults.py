@@ -10,8 +10,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from _server import (
     RPC_TIMEOUT_S,
     BatchStream,
@@ -26,6 +24,7 @@ from gmmserve.loader import GMMDataLoader
 from gmmserve.store.sqlite import DATABASE_NAME, SNAPSHOT_PAUSE_ENV
 from gmmserve_proto.v1 import gmmserve_pb2 as pb
 from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,7 +41,9 @@ SPEC = {
 
 
 def standard_loader() -> GMMDataLoader:
-    return GMMDataLoader("standard", batch_size=2, num_samples=8, base_seed=9, loader_id="train")
+    return GMMDataLoader(
+        "standard", batch_size=2, num_samples=8, base_seed=9, loader_id="train"
+    )
 
 
 def stream_and_ack(
@@ -82,7 +83,7 @@ def test_server_cursor_survives_kill(tmp_path: Path) -> None:
 
 
 def test_server_restore_after_kill_matches_uninterrupted(tmp_path: Path) -> None:
-    with running_server(tmp_path) as (server, stub):
+    with running_server(tmp_path) as (_, stub):
         reference = create_session(stub, **SPEC)
         uninterrupted = stream_and_ack(stub, reference.session_id, 12)
 
@@ -98,7 +99,9 @@ def test_server_restore_after_kill_matches_uninterrupted(tmp_path: Path) -> None
     with running_server(tmp_path) as (_, stub):
         assert cursor_of(stub, info.session_id) == 8
         restored = stub.Restore(
-            pb.RestoreRequest(session_id=info.session_id, snapshot_id=snapshot.snapshot_id),
+            pb.RestoreRequest(
+                session_id=info.session_id, snapshot_id=snapshot.snapshot_id
+            ),
             timeout=RPC_TIMEOUT_S,
         )
         assert restored.session.position.global_index == 5
@@ -112,7 +115,10 @@ def test_server_restore_after_kill_matches_uninterrupted(tmp_path: Path) -> None
 
 def test_server_crash_during_snapshot_keeps_previous(tmp_path: Path) -> None:
     trigger = tmp_path / "pause-snapshot"
-    with running_server(tmp_path, env={SNAPSHOT_PAUSE_ENV: str(trigger)}) as (server, stub):
+    with running_server(tmp_path, env={SNAPSHOT_PAUSE_ENV: str(trigger)}) as (
+        server,
+        stub,
+    ):
         info = create_session(stub, **SPEC)
         stream_and_ack(stub, info.session_id, 3)
         first = stub.Snapshot(
@@ -165,7 +171,9 @@ def test_server_crash_during_snapshot_keeps_previous(tmp_path: Path) -> None:
         assert listed.snapshots[0].state_json == first.state_json
         assert cursor_of(stub, info.session_id) == 5
         restored = stub.Restore(
-            pb.RestoreRequest(session_id=info.session_id, snapshot_id=first.snapshot_id),
+            pb.RestoreRequest(
+                session_id=info.session_id, snapshot_id=first.snapshot_id
+            ),
             timeout=RPC_TIMEOUT_S,
         )
         assert restored.session.position.global_index == 3
@@ -200,10 +208,12 @@ def test_server_sigterm_ends_streams_unavailable(tmp_path: Path) -> None:
 
 
 def test_server_sigterm_reports_not_serving(tmp_path: Path) -> None:
-    with running_server(tmp_path) as (server, stub):
+    with running_server(tmp_path) as (server, _):
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         health = health_pb2_grpc.HealthStub(channel)
-        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT_S)
+        watch = health.Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT_S
+        )
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         server.process.send_signal(signal.SIGTERM)
         statuses = []

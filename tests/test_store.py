@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-
 from gmmserve.errors import NotFoundError, StoreError
-from gmmserve.store import CursorConflictError, SessionRecord, SnapshotRecord, SQLiteStore
+from gmmserve.store import (
+    CursorConflictError,
+    SessionRecord,
+    SnapshotRecord,
+    SQLiteStore,
+)
 from gmmserve.store.sqlite import DATABASE_NAME
 
 _T = TypeVar("_T")
@@ -41,7 +45,9 @@ def session_record(session_id: str, request_id: str | None = None) -> SessionRec
     )
 
 
-def snapshot_record(snapshot_id: str, session_id: str, cursor: int, at: float) -> SnapshotRecord:
+def snapshot_record(
+    snapshot_id: str, session_id: str, cursor: int, at: float
+) -> SnapshotRecord:
     return SnapshotRecord(
         snapshot_id=snapshot_id,
         session_id=session_id,

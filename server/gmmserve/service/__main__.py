@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from gmmserve.service._server import serve_settings
 from gmmserve.service._settings import ServerSettings
@@ -17,14 +18,20 @@ from gmmserve.state import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gmmserve.service", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m gmmserve.service", description=__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
-    parser.add_argument("--port", type=int, default=50051, help="TCP port; 0 picks a free one")
-    parser.add_argument("--data-dir", default=".gmmserve-data", help="session store directory")
+    parser.add_argument(
+        "--port", type=int, default=50051, help="TCP port; 0 picks a free one"
+    )
+    parser.add_argument(
+        "--data-dir", default=".gmmserve-data", help="session store directory"
+    )
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds open RPCs get on shutdown"
     )
-    parser.add_argument("--port-file", help="JSON file that receives {\"port\": N}")
+    parser.add_argument("--port-file", help='JSON file that receives {"port": N}')
     options = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = ServerSettings(
         host=options.host,
         port=options.port,
-        data_dir=options.data_dir,
+        data_dir=Path(options.data_dir),
         grace_s=options.grace,
     )
 

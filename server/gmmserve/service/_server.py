@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import grpc
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -19,8 +23,6 @@ from gmmserve.service._servicer import GmmServicer
 from gmmserve.service._sessions import SessionRegistry
 from gmmserve.service._settings import ServerSettings
 from gmmserve.store import SQLiteStore
-from gmmserve_proto.v1 import gmmserve_pb2 as pb
-from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 
 __all__ = ["SERVICE_NAME", "BackgroundServer", "GmmServer", "serve", "serve_settings"]
 
@@ -178,7 +180,7 @@ async def serve_settings(
 async def serve(
     host: str,
     port: int,
-    data_dir: str | Any,
+    data_dir: str | os.PathLike[str],
     *,
     grace_s: float = 10.0,
     on_started: Callable[[int], None] | None = None,
@@ -192,7 +194,7 @@ async def serve(
     reports. ``options`` are further :class:`ServerSettings` fields.
     """
     settings = ServerSettings(
-        host=host, port=port, data_dir=data_dir, grace_s=grace_s, **options
+        host=host, port=port, data_dir=Path(data_dir), grace_s=grace_s, **options
     )
     await serve_settings(settings, on_started=on_started)
 
@@ -215,11 +217,13 @@ class BackgroundServer:
         self._server: GmmServer | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
 
     def start(self, timeout_s: float = 30.0) -> int:
         """Start the server thread and return the bound port."""
-        self._thread = threading.Thread(target=self._run, name="gmmserve-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="gmmserve-server", daemon=True
+        )
         self._thread.start()
         if not self._started.wait(timeout_s):
             raise TimeoutError(f"server did not start within {timeout_s} s")
@@ -236,7 +240,7 @@ class BackgroundServer:
         self._server = GmmServer(self.settings)
         try:
             self.port = await self._server.start()
-        except BaseException as error:
+        except Exception as error:  # noqa: BLE001 - re-raised by start()
             self._error = error
             self._started.set()
             return
@@ -266,7 +270,7 @@ class BackgroundServer:
         if self._thread.is_alive():
             raise TimeoutError(f"server did not stop within {timeout_s} s")
 
-    def __enter__(self) -> BackgroundServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -7,6 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 
 from gmmserve.errors import ConfigError
 from gmmserve.service._sessions import SessionRegistry
@@ -15,8 +17,6 @@ from gmmserve.service._spec import check_id, normalize_spec, spec_message
 from gmmserve.service._status import status_for, unary_errors
 from gmmserve.service._streaming import position_message, stream_batches
 from gmmserve.store import SessionRecord, SnapshotRecord
-from gmmserve_proto.v1 import gmmserve_pb2 as pb
-from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 
 __all__ = ["GmmServicer"]
 
@@ -129,7 +129,7 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
             )
         except grpc.aio.AbortError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - every error becomes a status
             code, message = status_for(error, "StreamBatches")
             await context.abort(code, message)
 
@@ -140,7 +140,8 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
         session_id = check_id("session_id", request.session_id)
         if len(request.label) > 256:
             raise ConfigError(
-                "label", f"has {len(request.label)} characters; accepted length is 0 to 256"
+                "label",
+                f"has {len(request.label)} characters; accepted length is 0 to 256",
             )
         snapshot, record = await self.registry.snapshot(session_id, request.label)
         return snapshot_info(snapshot, record.batches_per_epoch)
@@ -155,7 +156,9 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
             snapshot_id = check_id("snapshot_id", request.snapshot_id)
             record = await self.registry.restore(session_id, snapshot_id=snapshot_id)
         elif source == "state_json":
-            record = await self.registry.restore(session_id, state_json=request.state_json)
+            record = await self.registry.restore(
+                session_id, state_json=request.state_json
+            )
         else:
             raise ConfigError("source", "is missing; set snapshot_id or state_json")
         return pb.RestoreResponse(session=session_info(record))
@@ -169,6 +172,7 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
         snapshots = await self.registry.store.list_snapshots(session_id)
         return pb.ListSnapshotsResponse(
             snapshots=[
-                snapshot_info(snapshot, record.batches_per_epoch) for snapshot in snapshots
+                snapshot_info(snapshot, record.batches_per_epoch)
+                for snapshot in snapshots
             ]
         )

@@ -118,7 +118,9 @@ class SessionRegistry:
                     "with another spec; use a new request_id for a new session",
                 )
             _LOGGER.info(
-                "session %s returned again for request id %r", stored.session_id, request_id
+                "session %s returned again for request id %r",
+                stored.session_id,
+                request_id,
             )
         else:
             _LOGGER.info(
@@ -161,7 +163,9 @@ class SessionRegistry:
     def close_stream(self, live: LiveSession, stream: OpenStream) -> None:
         live.streams.discard(stream)
 
-    async def acknowledge(self, live: LiveSession, stream: OpenStream, cursor: int) -> bool:
+    async def acknowledge(
+        self, live: LiveSession, stream: OpenStream, cursor: int
+    ) -> bool:
         """Persist ``cursor`` for an acknowledgement on ``stream``.
 
         Returns False, writing nothing, when the stream's end was requested
@@ -176,7 +180,9 @@ class SessionRegistry:
             if stream.end_status is not None:
                 return False
             live.record = await self.store.set_cursor(
-                live.record.session_id, cursor, expected_generation=live.record.generation
+                live.record.session_id,
+                cursor,
+                expected_generation=live.record.generation,
             )
             return True
 
@@ -210,7 +216,11 @@ class SessionRegistry:
         return snapshot, record
 
     async def restore(
-        self, session_id: str, *, snapshot_id: str | None = None, state_json: str | None = None
+        self,
+        session_id: str,
+        *,
+        snapshot_id: str | None = None,
+        state_json: str | None = None,
     ) -> SessionRecord:
         """Move a session's cursor to a snapshot's or a state document's position.
 
@@ -241,7 +251,9 @@ class SessionRegistry:
                     "open a new stream",
                 )
             live.record = await self.store.set_cursor(session_id, cursor)
-        _LOGGER.info("session %s restored from %s to batch %d", session_id, source, cursor)
+        _LOGGER.info(
+            "session %s restored from %s to batch %d", session_id, source, cursor
+        )
         return live.record
 
     def _cursor_of_state(self, record: SessionRecord, document: dict[str, Any]) -> int:
@@ -252,7 +264,9 @@ class SessionRegistry:
             warnings.simplefilter("always")
             loader.restore_state(document)
         for warning in caught:
-            _LOGGER.warning("session %s restore: %s", record.session_id, warning.message)
+            _LOGGER.warning(
+                "session %s restore: %s", record.session_id, warning.message
+            )
         return loader.current_epoch * loader.batches_per_epoch + loader.current_batch
 
     async def close(self, session_id: str) -> SessionRecord:

@@ -12,13 +12,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
+
 from gmmserve.config import MAX_SEED, DataConfig, Limits, experiment_config, load_config
 from gmmserve.errors import ConfigError
 from gmmserve.generator import derive_seed
 from gmmserve.loader import GMMDataLoader
 from gmmserve.state import config_seed_fingerprint
 from gmmserve.store import SessionRecord
-from gmmserve_proto.v1 import gmmserve_pb2 as pb
 
 __all__ = [
     "MAX_BASE_SEED",
@@ -109,7 +110,8 @@ def normalize_spec(spec: pb.SessionSpec, limits: Limits) -> NormalizedSpec:
     if spec.HasField("seed"):
         if spec.seed > MAX_BASE_SEED:
             raise ConfigError(
-                "spec.seed", f"{spec.seed} is out of range; accepted range is [0, {MAX_BASE_SEED}]"
+                "spec.seed",
+                f"{spec.seed} is out of range; accepted range is [0, {MAX_BASE_SEED}]",
             )
         fields["seed"] = spec.seed
     loader_id = spec.loader_id or DEFAULT_LOADER_ID

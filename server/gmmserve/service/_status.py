@@ -68,7 +68,10 @@ def status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         _LOGGER.error("%s failed: %s", method, error)
         return grpc.StatusCode.UNAVAILABLE, str(error)
     _LOGGER.exception("%s failed with an unexpected error", method)
-    return grpc.StatusCode.INTERNAL, f"{method} failed with an internal error; see the server log"
+    return (
+        grpc.StatusCode.INTERNAL,
+        f"{method} failed with an internal error; see the server log",
+    )
 
 
 def unary_errors(
@@ -84,7 +87,7 @@ def unary_errors(
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - every error becomes a status
             code, message = status_for(error, method.__name__)
             _LOGGER.info("%s ended with %s: %s", method.__name__, code.name, message)
             await context.abort(code, message)

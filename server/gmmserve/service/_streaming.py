@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from gmmserve_proto.v1 import gmmserve_pb2 as pb
 
 from gmmserve.config import MAX_SEED
 from gmmserve.errors import ConfigError
@@ -26,7 +27,6 @@ from gmmserve.service._sessions import LiveSession, OpenStream, SessionRegistry
 from gmmserve.service._settings import ServerSettings
 from gmmserve.service._spec import check_id
 from gmmserve.service._status import StreamEndedError
-from gmmserve_proto.v1 import gmmserve_pb2 as pb
 
 __all__ = ["encode_batch", "stream_batches"]
 
@@ -55,7 +55,12 @@ def encode_batch(
         array = np.ascontiguousarray(batch.arrays[name])
         little = array.astype(array.dtype.newbyteorder("<"), copy=False)
         arrays.append(
-            pb.Array(name=name, dtype=little.dtype.str, shape=little.shape, data=little.tobytes())
+            pb.Array(
+                name=name,
+                dtype=little.dtype.str,
+                shape=little.shape,
+                data=little.tobytes(),
+            )
         )
     message = pb.Batch(
         position=position, arrays=arrays, fingerprint=fingerprint_arrays(batch.arrays)
@@ -165,7 +170,9 @@ class _BatchStream:
     def _raise_if_ended(self) -> None:
         if self.handle.end_status is not None:
             code, template = self.handle.end_status
-            raise StreamEndedError(code, template.format(cursor=self.live.record.cursor))
+            raise StreamEndedError(
+                code, template.format(cursor=self.live.record.cursor)
+            )
 
     async def _send(self, context: grpc.aio.ServicerContext) -> None:
         messages = await self.pending.pop(self.next_send)
@@ -180,7 +187,8 @@ class _BatchStream:
             return
         if request.WhichOneof("kind") != "ack":
             raise ConfigError(
-                "request", "only the first request may be a StreamStart; later ones are Acks"
+                "request",
+                "only the first request may be a StreamStart; later ones are Acks",
             )
         index = request.ack.global_index
         if not self.start - 1 <= index < self.next_send:
@@ -193,7 +201,8 @@ class _BatchStream:
                     "to the last batch sent"
                 )
             raise ConfigError(
-                "ack.global_index", f"{index} is out of range; the accepted range is {accepted}"
+                "ack.global_index",
+                f"{index} is out of range; the accepted range is {accepted}",
             )
         if await self.registry.acknowledge(self.live, self.handle, index + 1):
             self.acked_through = max(self.acked_through, index + 1)
@@ -241,9 +250,13 @@ async def stream_batches(
     try:
         first = await anext(requests)
     except StopAsyncIteration:
-        raise ConfigError("start", "is missing; the first request must be a StreamStart")
+        raise ConfigError(
+            "start", "is missing; the first request must be a StreamStart"
+        )
     if first.WhichOneof("kind") != "start":
-        raise ConfigError("start", "is missing; the first request must be a StreamStart")
+        raise ConfigError(
+            "start", "is missing; the first request must be a StreamStart"
+        )
     window, max_batches = _check_start(first.start, settings)
     if registry.open_stream_count >= settings.max_streams:
         raise StreamEndedError(

@@ -4,7 +4,12 @@
 default, a single SQLite file in WAL mode.
 """
 
-from gmmserve.store._base import CursorConflictError, SessionRecord, SnapshotRecord, Store
+from gmmserve.store._base import (
+    CursorConflictError,
+    SessionRecord,
+    SnapshotRecord,
+    Store,
+)
 from gmmserve.store.sqlite import SQLiteStore
 
 __all__ = [

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gmmserve.errors import NotFoundError, StoreError
-from gmmserve.store._base import CursorConflictError, SessionRecord, SnapshotRecord, Store
+from gmmserve.store._base import (
+    CursorConflictError,
+    SessionRecord,
+    SnapshotRecord,
+    Store,
+)
 
 __all__ = ["DATABASE_NAME", "SNAPSHOT_PAUSE_ENV", "SQLiteStore"]
 
@@ -120,7 +125,9 @@ class SQLiteStore(Store):
         try:
             return function(*args)
         except sqlite3.Error as error:
-            raise StoreError(f"SQLite store {str(self.path)!r} failed: {error}") from error
+            raise StoreError(
+                f"SQLite store {str(self.path)!r} failed: {error}"
+            ) from error
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,14 +198,19 @@ class SQLiteStore(Store):
     async def set_cursor(
         self, session_id: str, cursor: int, expected_generation: int | None = None
     ) -> SessionRecord:
-        return await self._run(self._set_cursor, session_id, cursor, expected_generation)
+        return await self._run(
+            self._set_cursor, session_id, cursor, expected_generation
+        )
 
     def _set_cursor(
         self, session_id: str, cursor: int, expected_generation: int | None
     ) -> SessionRecord:
         with self._transaction() as connection:
             record = _fetch_session(connection, session_id)
-            if expected_generation is not None and record.generation != expected_generation:
+            if (
+                expected_generation is not None
+                and record.generation != expected_generation
+            ):
                 raise CursorConflictError(
                     f"session {session_id!r} cursor is at generation "
                     f"{record.generation}, expected {expected_generation}: another "
@@ -218,8 +230,12 @@ class SQLiteStore(Store):
     def _delete_session(self, session_id: str) -> SessionRecord:
         with self._transaction() as connection:
             record = _fetch_session(connection, session_id)
-            connection.execute("DELETE FROM snapshots WHERE session_id = ?", (session_id,))
-            connection.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            connection.execute(
+                "DELETE FROM snapshots WHERE session_id = ?", (session_id,)
+            )
+            connection.execute(
+                "DELETE FROM sessions WHERE session_id = ?", (session_id,)
+            )
         return record
 
     # Snapshots.
