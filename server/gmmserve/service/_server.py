@@ -32,6 +32,15 @@ _LOGGER = logging.getLogger(__name__)
 _DRAIN_AFTER_STREAMS_S = 1.0
 _POLL_S = 0.02
 
+_SERVER_OPTIONS = [
+    # A second server on a busy port fails to bind instead of sharing it.
+    ("grpc.so_reuseport", 0),
+    # Keepalive pings find clients that vanished without closing their
+    # connection, so their streams end and free their slots.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GmmService"].full_name
 
 
@@ -75,9 +84,7 @@ class GmmServer:
             max_workers=settings.workers, thread_name_prefix="gmmserve-batch"
         )
         self.registry = SessionRegistry(self._store, settings.limits)
-        # so_reuseport=0 makes a second server on a busy port fail to bind
-        # instead of sharing the port.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
         pb_grpc.add_GmmServiceServicer_to_server(
             GmmServicer(self.registry, settings, self._executor), server
         )

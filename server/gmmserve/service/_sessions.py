@@ -41,7 +41,7 @@ _LOGGER = logging.getLogger(__name__)
 
 
 class OpenStream:
-    """One open StreamBatches call, as the registry sees it.
+    """One open StreamBatches call, as the registry tracks it.
 
     Attributes
     ----------
@@ -90,6 +90,8 @@ class SessionRegistry:
         self.store = store
         self.limits = limits
         self.shutting_down = False
+        # NOTE: entries leave this cache only when their session is closed,
+        # at a few KiB each (a loader and its config).
         self._live: dict[str, LiveSession] = {}
         self._next_stream_id = 1
 

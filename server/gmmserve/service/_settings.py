@@ -30,8 +30,8 @@ class ServerSettings:
     grace_s : float
         Seconds that open RPCs get to finish after SIGTERM or SIGINT.
     default_window : int
-        Batches sent ahead of the last acknowledgement when a stream asks
-        for window 0.
+        Batches sent ahead of the last acknowledgement when a stream requests
+        window 0.
     max_window : int
         Largest window a stream may ask for.
     max_streams : int

@@ -176,6 +176,9 @@ class _BatchStream:
 
     async def _send(self, context: grpc.aio.ServicerContext) -> None:
         messages = await self.pending.pop(self.next_send)
+        # NOTE: a write waits while the client does not read (flow control),
+        # and an end request is seen only after it, so at shutdown such a
+        # stream lasts until the grace period cancels it.
         for message in messages:
             await context.write(message)
         self.next_send += 1
@@ -239,6 +242,30 @@ def _check_start(start: pb.StreamStart, settings: ServerSettings) -> tuple[int, 
     return window, start.max_batches
 
 
+async def _read_start(
+    requests: AsyncIterator[pb.StreamBatchesRequest],
+) -> pb.StreamStart:
+    try:
+        first = await anext(requests)
+    except StopAsyncIteration:
+        first = pb.StreamBatchesRequest()
+    if first.WhichOneof("kind") != "start":
+        raise ConfigError(
+            "start", "is missing; the first request must be a StreamStart"
+        )
+    return first.start
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, StreamEndedError):
+        return error.code.name
+    if isinstance(error, ConfigError):
+        return grpc.StatusCode.INVALID_ARGUMENT.name
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED.name
+    return type(error).__name__
+
+
 async def stream_batches(
     registry: SessionRegistry,
     settings: ServerSettings,
@@ -247,27 +274,20 @@ async def stream_batches(
     context: grpc.aio.ServicerContext,
 ) -> None:
     """Serve one StreamBatches call; errors propagate for the caller to map."""
-    try:
-        first = await anext(requests)
-    except StopAsyncIteration:
-        raise ConfigError(
-            "start", "is missing; the first request must be a StreamStart"
-        )
-    if first.WhichOneof("kind") != "start":
-        raise ConfigError(
-            "start", "is missing; the first request must be a StreamStart"
-        )
-    window, max_batches = _check_start(first.start, settings)
+    start_request = await _read_start(requests)
+    window, max_batches = _check_start(start_request, settings)
     if registry.open_stream_count >= settings.max_streams:
         raise StreamEndedError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the server has {settings.max_streams} open streams, its limit; retry later",
+            f"the server has {settings.max_streams} open streams, its limit; "
+            "retry later",
         )
-    live = await registry.live(first.start.session_id)
+
+    live = await registry.live(start_request.session_id)
     handle = registry.open_stream(live)
     session_id = live.record.session_id
-    if first.start.HasField("start_global_index"):
-        start = first.start.start_global_index
+    if start_request.HasField("start_global_index"):
+        start = start_request.start_global_index
     else:
         start = live.record.cursor
     stream = _BatchStream(
@@ -283,20 +303,12 @@ async def stream_batches(
         max_batches,
         context.peer(),
     )
-    outcome = "OK"
+
+    outcome = grpc.StatusCode.OK.name
     try:
         await stream.run(context)
-    except StreamEndedError as error:
-        outcome = error.code.name
-        raise
-    except ConfigError:
-        outcome = grpc.StatusCode.INVALID_ARGUMENT.name
-        raise
-    except asyncio.CancelledError:
-        outcome = "CANCELLED"
-        raise
-    except Exception as error:
-        outcome = type(error).__name__
+    except BaseException as error:
+        outcome = _outcome(error)
         raise
     finally:
         reader.cancel()

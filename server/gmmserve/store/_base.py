@@ -1,7 +1,7 @@
 """The session store interface: sessions, cursors and snapshots.
 
 A store keeps one row per session (its settings and committed cursor) and
-the snapshots taken of it. It knows nothing of gRPC. Every method is a
+the snapshots taken of it. It does not import gRPC. Every method is a
 coroutine, so an implementation backed by blocking I/O runs that I/O off
 the event loop.
 
