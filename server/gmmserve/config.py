@@ -126,6 +126,10 @@ class _ResolvedConfig(BaseModel):
     random_seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     control_mode: Literal["snr", "mi", "mi_factor"] = "snr"
     vary_parameter_in_batch: bool = False
+    # SNR mode only: estimate each item's MI for the ``mi`` and ``mi_factor``
+    # outputs, which are NaN otherwise. It is off by default because the
+    # estimate costs more than drawing the points. MI modes always estimate.
+    estimate_mi: bool = False
 
 
 _RESOLVED_ADAPTER = TypeAdapter(_ResolvedConfig)

@@ -17,12 +17,13 @@ Order of the draws within a batch (parameter stream, then point stream):
 4. centers ~ N(0, 1) per entry, shape (B, K, D), rounded to float32;
 5. the control value (SNR in dB, MI factor or MI target): one per item when
    ``vary_parameter_in_batch`` is true, else one shared by the batch;
-6. on the point stream: counts ~ Multinomial(N, w) per item, labels laid
-   out in cluster order and shuffled per item, then unit normal noise.
+6. on the point stream: N iid labels per item from Categorical(w), one
+   uniform 32-bit integer each, then float32 unit normal noise z of shape
+   (B, N, D); the points are float32(center) + float32(sigma) * z.
 
 Centers are rounded to float32 before the noise level is computed, so the
 float32 centers a client receives give back ``snr_db`` and ``noise_std``
-exactly in float64.
+exactly in float64. The noise level itself comes from :mod:`gmmserve.noise`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ ARRAY_NAMES = (
 
 _PARAMETER_STREAM = 0
 _POINT_STREAM = 1
+# Up to this many clusters, labels are found by one comparison pass per
+# cluster; above it, by a binary search per item.
+_LABEL_LOOP_MAX_CLUSTERS = 32
 
 
 def loader_key(loader_id: str) -> int:
@@ -161,6 +165,149 @@ def _to_clusters(values: NDArray[np.float64], high: int) -> int:
     return min(max(int(np.round(values[0])), 1), high)
 
 
+@dataclass(frozen=True)
+class _Parameters:
+    """Draws of the parameter stream for one batch."""
+
+    n_points: int
+    centers32: NDArray[np.float32]
+    weights: NDArray[np.float64]
+    control: NDArray[np.float64]
+
+
+def _draw_parameters(
+    config: DataConfig,
+    params: np.random.Generator,
+    batch_size: int,
+    max_clusters: int,
+    max_points: int,
+) -> _Parameters:
+    """Draw N, K, weights, centers and control values, in that order."""
+    model = config.model
+    n_points = _to_count(model.sample_count_distribution.sample(params, 1), 1, max_points)
+    n_clusters = _to_clusters(model.cluster_params.sample(params, 1), max_clusters)
+    alpha = np.full(n_clusters, model.alpha_dirichlet)
+    weights = params.dirichlet(alpha, size=batch_size)
+    centers32 = params.standard_normal(
+        (batch_size, n_clusters, model.dim), dtype=np.float32
+    )
+    control_spec = {
+        "snr": model.snr_db_params,
+        "mi_factor": model.mi_factor_params,
+        "mi": model.mi_params,
+    }[model.control_mode]
+    if control_spec is None:
+        raise ValueError("mi_params is required when control_mode is 'mi'")
+    count = batch_size if model.vary_parameter_in_batch else 1
+    draws = control_spec.sample(params, count)
+    control = np.broadcast_to(draws, (batch_size,)).astype(np.float64)
+    return _Parameters(n_points, centers32, weights, control)
+
+
+def _noise_levels(
+    config: DataConfig, parameters: _Parameters
+) -> dict[str, NDArray[np.float64]]:
+    """Compute noise_std, snr_db, mi, mi_factor and mi_target per item.
+
+    Items with zero signal variance get noise_std 1.0, snr_db -inf, mi 0
+    and mi_factor 0. In SNR mode ``mi`` and ``mi_factor`` are NaN unless
+    the config sets ``estimate_mi``.
+    """
+    model = config.model
+    weights = parameters.weights
+    centers = parameters.centers32.astype(np.float64)
+    control = parameters.control
+    batch_size = len(weights)
+    s2 = noise.signal_variance(weights, centers)
+    h = noise.entropy(weights)
+    degenerate = s2 <= 0
+
+    if model.control_mode == "snr":
+        snr_db = control
+        sigma = noise.noise_std_for_snr(s2, snr_db)
+        mi_target = np.full(batch_size, np.nan)
+        if model.estimate_mi:
+            mi = noise.mutual_information(weights, centers, sigma)
+            mi_factor = _factor(mi, h)
+        else:
+            mi = np.full(batch_size, np.nan)
+            mi_factor = np.full(batch_size, np.nan)
+    else:
+        if model.control_mode == "mi_factor":
+            factor = np.clip(control, 0.0, 1.0)
+            requested = factor * h
+        else:
+            requested = control
+        mi_target = noise.clip_mi_target(requested, h)
+        sigma, mi = noise.noise_std_for_mi(weights, centers, mi_target)
+        with np.errstate(divide="ignore"):
+            snr_db = 10.0 * np.log10(s2 / (sigma * sigma))
+        mi_factor = factor if model.control_mode == "mi_factor" else _factor(mi, h)
+
+    return {
+        "noise_std": sigma,
+        "snr_db": np.where(degenerate, -np.inf, snr_db),
+        "mi": np.where(degenerate, 0.0, mi),
+        "mi_factor": np.where(degenerate, 0.0, mi_factor),
+        "mi_target": mi_target,
+    }
+
+
+def _factor(mi: NDArray[np.float64], h: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Return clip(mi / H(w), 0, 1), and 0 where H(w) is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(h > 0, np.clip(mi / h, 0.0, 1.0), 0.0)
+
+
+def _draw_labels(
+    points_rng: np.random.Generator, weights: NDArray[np.float64], n_points: int
+) -> NDArray[np.int64]:
+    """Draw n_points iid labels per item from Categorical(weights[item]).
+
+    Each label comes from one uniform 32-bit integer u: it is the number of
+    thresholds t_k = ceil(2^32 * (w_0 + ... + w_k)), k < K - 1, with
+    t_k <= u. So P(label = k) is w_k to within 2^-32, and the largest label
+    is K - 1 even when the rounded sum of the weights falls short of 1.
+    """
+    batch_size, n_clusters = weights.shape
+    uniforms = points_rng.integers(
+        0, 2**32, size=(batch_size, n_points), dtype=np.uint32
+    )
+    edges = np.cumsum(weights, axis=1)[:, : n_clusters - 1]
+    thresholds = np.minimum(np.ceil(edges * 2.0**32), 2.0**32 - 1).astype(np.uint32)
+    if n_clusters <= _LABEL_LOOP_MAX_CLUSTERS:
+        # int8 counts are cheaper to accumulate and cannot overflow here.
+        small = np.zeros((batch_size, n_points), dtype=np.int8)
+        for k in range(n_clusters - 1):
+            small += uniforms >= thresholds[:, k, None]
+        return small.astype(np.int64)
+    labels = np.empty((batch_size, n_points), dtype=np.int64)
+    for item in range(batch_size):
+        labels[item] = np.searchsorted(thresholds[item], uniforms[item], side="right")
+    return labels
+
+
+def _place_points(
+    points_rng: np.random.Generator,
+    parameters: _Parameters,
+    labels: NDArray[np.int64],
+    sigma: NDArray[np.float64],
+) -> NDArray[np.float32]:
+    """Draw the points: float32(center) + float32(sigma) * z, in float32.
+
+    z is float32 standard normal of shape (B, N, D).
+    """
+    batch_size, n_clusters, dim = parameters.centers32.shape
+    data = points_rng.standard_normal(
+        (batch_size, parameters.n_points, dim), dtype=np.float32
+    )
+    data *= sigma.astype(np.float32)[:, None, None]
+    offsets = np.arange(batch_size, dtype=np.int64)[:, None] * n_clusters
+    rows = parameters.centers32.reshape(batch_size * n_clusters, dim)
+    data += np.take(rows, labels + offsets, axis=0)
+    return data
+
+
 def generate_batch(
     config: DataConfig,
     seed: int,
@@ -190,70 +337,17 @@ def generate_batch(
     -------
     Batch
     """
-    model = config.model
     params = _stream(seed, loader_id, epoch, batch_index, _PARAMETER_STREAM)
     points_rng = _stream(seed, loader_id, epoch, batch_index, _POINT_STREAM)
-    dim = model.dim
-
-    n_points = _to_count(model.sample_count_distribution.sample(params, 1), 1, max_points)
-    n_clusters = _to_clusters(model.cluster_params.sample(params, 1), max_clusters)
-    weights = params.dirichlet(np.full(n_clusters, model.alpha_dirichlet), size=batch_size)
-    centers32 = params.standard_normal((batch_size, n_clusters, dim), dtype=np.float32)
-    centers = centers32.astype(np.float64)
-
-    control_spec = {
-        "snr": model.snr_db_params,
-        "mi_factor": model.mi_factor_params,
-        "mi": model.mi_params,
-    }[model.control_mode]
-    assert control_spec is not None  # load_config requires mi_params in MI mode
-    draws = control_spec.sample(params, batch_size if model.vary_parameter_in_batch else 1)
-    control = np.broadcast_to(draws, (batch_size,)).astype(np.float64)
-
-    s2 = noise.signal_variance(weights, centers)
-    h = noise.entropy(weights)
-    degenerate = s2 <= 0
-    if model.control_mode == "snr":
-        snr_db = control
-        sigma = noise.noise_std_for_snr(s2, snr_db)
-        mi = noise.mutual_information(weights, centers, sigma)
-        mi_target = np.full(batch_size, np.nan)
-    else:
-        if model.control_mode == "mi_factor":
-            mi_target = np.clip(control, 0.0, 1.0) * h
-        else:
-            mi_target = control
-        sigma, mi = noise.noise_std_for_mi(weights, centers, mi_target)
-        with np.errstate(divide="ignore"):
-            snr_db = 10.0 * np.log10(s2 / (sigma * sigma))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mi_factor = np.where(h > 0, np.clip(mi / h, 0.0, 1.0), 0.0)
-    if model.control_mode == "mi_factor":
-        mi_factor = np.where(degenerate, 0.0, np.clip(control, 0.0, 1.0))
-    snr_db = np.where(degenerate, -np.inf, snr_db)
-    mi = np.where(degenerate, 0.0, mi)
-    mi_factor = np.where(degenerate, 0.0, mi_factor)
-
-    counts = points_rng.multinomial(n_points, weights)
-    labels = np.repeat(
-        np.tile(np.arange(n_clusters, dtype=np.int64), batch_size), counts.ravel()
-    ).reshape(batch_size, n_points)
-    labels = points_rng.permuted(labels, axis=1)
-    noise_draws = points_rng.standard_normal((batch_size, n_points, dim), dtype=np.float32)
-    item = np.arange(batch_size)[:, None]
-    data = centers32[item, labels]
-    noise_draws *= sigma.astype(np.float32)[:, None, None]
-    data += noise_draws
-
+    parameters = _draw_parameters(config, params, batch_size, max_clusters, max_points)
+    levels = _noise_levels(config, parameters)
+    labels = _draw_labels(points_rng, parameters.weights, parameters.n_points)
+    data = _place_points(points_rng, parameters, labels, levels["noise_std"])
     arrays: dict[str, NDArray[Any]] = {
         "data": data,
-        "centers": centers32,
+        "centers": parameters.centers32,
         "labels": labels,
-        "weights": weights,
-        "noise_std": sigma,
-        "snr_db": snr_db,
-        "mi": mi,
-        "mi_factor": mi_factor,
-        "mi_target": mi_target,
+        "weights": parameters.weights,
+        **levels,
     }
-    return Batch(arrays=arrays, control_mode=model.control_mode)
+    return Batch(arrays=arrays, control_mode=config.model.control_mode)

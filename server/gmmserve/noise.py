@@ -12,12 +12,24 @@ Mutual information, written per component k and per noise vector e:
     I(X; Y) = sum_k w_k E_e[ -log sum_j w_j exp(-(|d_kj|^2 + 2 sigma d_kj.e)
                                                   / (2 sigma^2)) ]
 
-with d_kj = m_k - m_j. The expectation over e uses one fixed set of
-noise vectors per dimension (antithetic pairs drawn once from a constant
-key), so the estimate is a smooth, deterministic function of sigma. MI modes
-solve estimate(sigma) = target by bracketing and regula falsi in log sigma;
-the same config and position therefore always give the same sigma, bit for
-bit, in any process.
+with d_kj = m_k - m_j. The integrand depends on e only through its
+projection on the span of the differences d_kj, which has rank
+r = min(D, K - 1), so the expectation is an r-dimensional integral. It is
+computed with a fixed quadrature rule per rank (see ``_rule``):
+
+- r <= 3: Gauss-Hermite product rules;
+- r >= 4: scrambled Sobol points with a constant seed, mapped to normals,
+  mirrored (e and -e) and whitened so their first and second moments are
+  exactly those of N(0, I_r).
+
+Every rule is exact for quadratic integrands, which is the regime of low MI.
+Each rule comes in a coarse and a fine size. MI modes solve
+estimate(sigma) = target by safeguarded Newton steps in log sigma with the
+analytic derivative: the coarse rule finds the root, then Newton steps with
+the fine rule refine it. The reported MI is the fine estimate at the returned
+sigma. All of it is plain float64 numpy with a fixed number of operations
+per item, so the same mixture and target give the same sigma, bit for bit,
+in any process on the same machine and numpy build.
 
 A mixture with zero signal variance (one cluster, or one weight of exactly
 1) has MI 0 at every noise level and an undefined SNR. Such an item gets
@@ -27,13 +39,19 @@ noise_std 1.0, snr_db -inf, mi 0 and mi_factor 0.
 from __future__ import annotations
 
 import functools
+import math
+from dataclasses import dataclass
 
 import numpy as np
+from numpy.polynomial.hermite_e import hermegauss
 from numpy.typing import NDArray
-from scipy.special import logsumexp
+from scipy.special import ndtri
+from scipy.stats import qmc
 
 __all__ = [
     "DEGENERATE_NOISE_STD",
+    "MI_TARGET_MARGIN",
+    "clip_mi_target",
     "entropy",
     "mutual_information",
     "noise_std_for_mi",
@@ -41,18 +59,38 @@ __all__ = [
     "signal_variance",
 ]
 
-DEGENERATE_NOISE_STD = 1.0
-# Noise vectors per dimension for the MI estimate, as antithetic pairs.
-MI_NOISE_VECTORS = 2048
-# MI targets are kept within this fraction of H(w), the MI reached as the
-# noise vanishes, so that a finite positive sigma reaches every target.
-MI_TARGET_MARGIN = 1e-3
-_SOLVER_ITERATIONS = 60
-_SOLVER_RELATIVE_TOLERANCE = 1e-12
-# Key of the fixed noise vectors; changing it changes every MI-mode batch.
-_NOISE_VECTOR_KEY = 0x6D695F6E6F697365
-
 FloatArray = NDArray[np.float64]
+
+DEGENERATE_NOISE_STD = 1.0
+# MI targets are kept within [MI_TARGET_MARGIN, 1 - MI_TARGET_MARGIN] times
+# H(w). H(w) is reached only as sigma -> 0 and 0 only as sigma -> infinity,
+# so the margin keeps every solved sigma finite and positive.
+MI_TARGET_MARGIN = 1e-3
+
+# Gauss-Hermite points per axis for ranks 1 to 3, as (coarse, fine).
+_HERMITE_POINTS = {1: (8, 48), 2: (5, 12), 3: (4, 8)}
+# log2 of the Sobol points for ranks >= 4, as (coarse, fine); the mirrored
+# rule has twice as many nodes.
+_SOBOL_LOG2_POINTS = (8, 13)
+# Seed of the scrambled Sobol points; changing it changes every MI-mode batch
+# with rank >= 4.
+_SOBOL_SEED = 0x6D695F736F626F6C
+
+_COARSE_ITERATIONS = 60
+# Largest Newton step in log sigma.
+_MAX_STEP = 3.0
+_FINE_ITERATIONS = 3
+# The coarse stage stops once |MI - target| <= this fraction of the target;
+# the fine stage stops at _FINE_TOLERANCE.
+_COARSE_TOLERANCE = 1e-3
+_FINE_TOLERANCE = 1e-4
+# Elements of one (b, j, k, n) work array: 1 MiB of float64, which keeps the
+# arrays of one evaluation in the L2 cache of common CPUs.
+_WORK_ELEMENTS = 128 * 1024
+# Log weight used in place of log(0) so that exp() gives exactly 0 without
+# producing inf - inf.
+_LOG_ZERO_WEIGHT = -1e4
+_LOG_FLOOR = -600.0
 
 
 def signal_variance(weights: FloatArray, means: FloatArray) -> FloatArray:
@@ -82,56 +120,152 @@ def entropy(weights: FloatArray) -> FloatArray:
 
 def noise_std_for_snr(s2: FloatArray, snr_db: FloatArray) -> FloatArray:
     """Return sigma = sqrt(s2 / 10^(snr_db/10)); degenerate items get 1.0."""
-    sigma = np.sqrt(s2 / np.power(10.0, snr_db / 10.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.sqrt(s2 / np.power(10.0, snr_db / 10.0))
     return np.where(s2 > 0, sigma, DEGENERATE_NOISE_STD)
 
 
+def clip_mi_target(target: FloatArray, h: FloatArray) -> FloatArray:
+    """Clip MI targets to [MI_TARGET_MARGIN, 1 - MI_TARGET_MARGIN] * H(w)."""
+    return np.clip(target, MI_TARGET_MARGIN * h, (1.0 - MI_TARGET_MARGIN) * h)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A quadrature rule for E[g(e)], e ~ N(0, I_r): sum_n weights_n g(nodes_n)."""
+
+    nodes: FloatArray
+    weights: FloatArray
+
+
 @functools.cache
-def _noise_vectors(dim: int) -> FloatArray:
-    """Return the fixed (MI_NOISE_VECTORS, dim) antithetic noise vectors."""
-    rng = np.random.Generator(np.random.Philox(key=_NOISE_VECTOR_KEY + dim))
-    half = rng.standard_normal((MI_NOISE_VECTORS // 2, dim))
-    vectors = np.concatenate([half, -half])
-    vectors.setflags(write=False)
-    return vectors
+def _rule(rank: int, fine: bool) -> _Rule:
+    """Return the coarse or fine quadrature rule for rank ``rank``."""
+    if rank in _HERMITE_POINTS:
+        points = _HERMITE_POINTS[rank][1 if fine else 0]
+        x, w = hermegauss(points)
+        w = w / w.sum()
+        axes = np.meshgrid(*([x] * rank), indexing="ij")
+        axis_weights = np.meshgrid(*([w] * rank), indexing="ij")
+        nodes = np.stack([axis.ravel() for axis in axes], axis=1)
+        weights = np.prod(np.stack([a.ravel() for a in axis_weights], axis=1), axis=1)
+    else:
+        log2_points = _SOBOL_LOG2_POINTS[1 if fine else 0]
+        sampler = qmc.Sobol(rank, scramble=True, seed=_SOBOL_SEED + rank)
+        half = ndtri(sampler.random_base2(log2_points))
+        mirrored = np.concatenate([half, -half])
+        # Whitening makes the second moments exactly those of N(0, I); the
+        # mirroring already makes the first moments exactly 0.
+        moments = mirrored.T @ mirrored / len(mirrored)
+        cholesky = np.linalg.cholesky(moments)
+        nodes = np.linalg.solve(cholesky, mirrored.T).T
+        weights = np.full(len(nodes), 1.0 / len(nodes))
+    nodes.setflags(write=False)
+    weights.setflags(write=False)
+    return _Rule(nodes=np.ascontiguousarray(nodes), weights=weights)
 
 
-class _MixtureGeometry:
-    """Precomputed pairwise center differences of B mixtures.
+def _reduce_rank(means: FloatArray) -> FloatArray:
+    """Express the centers in an orthonormal basis of their differences.
 
-    Holds |d_kj|^2 and the projections d_kj . e_n, which do not depend on
-    sigma, so each MI evaluation costs one log-sum-exp over (B, K, K, n).
+    Returns an array of shape (B, K, r) with r = min(D, K - 1). Pairwise
+    distances and the MI are unchanged because the noise is isotropic.
+    """
+    clusters, dim = means.shape[1], means.shape[2]
+    if clusters - 1 >= dim:
+        return means
+    offsets = means - means[:, :1, :]
+    basis, _ = np.linalg.qr(np.swapaxes(offsets[:, 1:, :], 1, 2))
+    return np.matmul(offsets, basis)
+
+
+class _Geometry:
+    """Sigma-free parts of the MI integrand for a group of mixtures.
+
+    Holds the log weights, |d_kj|^2 / 2 and the projections of the centers
+    on a rule's nodes. Work arrays are laid out as (b, j, k, n) so that
+    reductions over j run on contiguous blocks.
     """
 
-    def __init__(self, weights: FloatArray, means: FloatArray) -> None:
+    def __init__(self, weights: FloatArray, coords: FloatArray, rule: _Rule) -> None:
         self.weights = weights
-        self.log_weights = np.log(np.where(weights > 0, weights, 1.0)) + np.where(
-            weights > 0, 0.0, -np.inf
+        self.rule = rule
+        safe = np.where(weights > 0, weights, 1.0)
+        log_weights = np.where(weights > 0, np.log(safe), _LOG_ZERO_WEIGHT)
+        self.log_weights = log_weights[:, :, None, None]
+        diff = coords[:, None, :, :] - coords[:, :, None, :]
+        self.half_squared = 0.5 * np.einsum("bjkd,bjkd->bjk", diff, diff)[..., None]
+        self.projected = np.matmul(coords, rule.nodes.T)
+        shape = (len(weights), weights.shape[1], weights.shape[1], len(rule.weights))
+        # Work buffers reused by every evaluation: allocating arrays of this
+        # size anew costs page faults on each call.
+        self._dot = np.empty(shape)
+        self._work = np.empty(shape)
+
+    def evaluate(
+        self, sigma: FloatArray, derivative: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """Return the MI estimate and, if asked, d MI / d log sigma."""
+        inverse = (1.0 / sigma)[:, None, None, None]
+        scaled = self.half_squared * (inverse * inverse)
+        # dot[b, j, k, n] = d_kj . e_n / sigma with d_kj = m_k - m_j.
+        dot = np.subtract(
+            self.projected[:, None, :, :], self.projected[:, :, None, :], out=self._dot
         )
-        diff = means[:, :, None, :] - means[:, None, :, :]
-        self.squared = np.einsum("bkjd,bkjd->bkj", diff, diff)
-        self.projected = np.einsum("bkjd,nd->bkjn", diff, _noise_vectors(means.shape[2]))
+        dot *= inverse
+        logits = np.subtract(self.log_weights - scaled, dot, out=self._work)
+        peak = logits.max(axis=1, keepdims=True)
+        shifted = np.subtract(logits, peak, out=logits)
+        # Terms below e^-600 of the peak change no float64 sum; clamping them
+        # avoids subnormal numbers, whose arithmetic is many times slower.
+        np.maximum(shifted, _LOG_FLOOR, out=shifted)
+        np.exp(shifted, out=shifted)
+        total = shifted.sum(axis=1)
+        per_node = peak[:, 0] + np.log(total)
+        node_weights = self.rule.weights
+        mi = -np.einsum("bk,bkn,n->b", self.weights, per_node, node_weights)
+        if not derivative:
+            return mi, None
+        # d logit_kj / d log sigma = |d_kj|^2 / sigma^2 + d_kj . e / sigma.
+        dot += 2.0 * scaled
+        dot *= shifted
+        mean_slope = dot.sum(axis=1) / total
+        dmi = -np.einsum("bk,bkn,n->b", self.weights, mean_slope, node_weights)
+        return mi, dmi
 
-    def mutual_information(self, sigma: FloatArray) -> FloatArray:
-        s = sigma[:, None, None, None]
-        logits = (
-            self.log_weights[:, None, :, None]
-            - self.squared[:, :, :, None] / (2.0 * s * s)
-            - self.projected / s
-        )
-        per_component = -logsumexp(logits, axis=2).mean(axis=-1)
-        return np.einsum("bk,bk->b", self.weights, per_component)
 
+class _Estimator:
+    """The MI estimate of B mixtures under one rule, geometry built once.
 
-# Items are processed in groups so the (B, K, K, n) work array stays below
-# about 64 MiB.
-_WORK_ELEMENTS = 8 * 1024 * 1024
+    Items are split into groups so each (b, j, k, n) work array stays near
+    1 MiB and in cache; the split changes no result because every item's
+    arithmetic is independent of the others.
+    """
 
+    def __init__(self, weights: FloatArray, coords: FloatArray, fine: bool) -> None:
+        rule = _rule(coords.shape[2], fine)
+        clusters = weights.shape[1]
+        size = max(1, _WORK_ELEMENTS // (clusters * clusters * len(rule.weights)))
+        self.groups = [
+            slice(start, min(start + size, len(weights)))
+            for start in range(0, len(weights), size)
+        ]
+        self.geometries = [
+            _Geometry(weights[group], coords[group], rule) for group in self.groups
+        ]
+        self.size = len(weights)
 
-def _groups(batch: int, clusters: int) -> list[slice]:
-    per_item = clusters * clusters * MI_NOISE_VECTORS
-    size = max(1, _WORK_ELEMENTS // per_item)
-    return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
+    def __call__(
+        self, sigma: FloatArray, derivative: bool = True
+    ) -> tuple[FloatArray, FloatArray]:
+        """Return the MI estimates and d MI / d log sigma (NaN if not asked)."""
+        mi = np.empty(self.size)
+        slope = np.full(self.size, np.nan)
+        for group, geometry in zip(self.groups, self.geometries):
+            mi[group], group_slope = geometry.evaluate(sigma[group], derivative)
+            if group_slope is not None:
+                slope[group] = group_slope
+        return mi, slope
 
 
 def mutual_information(
@@ -144,18 +278,22 @@ def mutual_information(
     weights : ndarray, shape (B, K)
     means : ndarray, shape (B, K, D)
     sigma : ndarray, shape (B,)
+        Positive noise levels.
 
     Returns
     -------
     ndarray, shape (B,)
-        The deterministic estimate; 0 for items with zero signal variance.
+        The fine-rule estimate, within [0, H(w)]; 0 for items with zero
+        signal variance.
     """
     result = np.zeros(len(weights))
-    s2 = signal_variance(weights, means)
-    for group in _groups(len(weights), weights.shape[1]):
-        geometry = _MixtureGeometry(weights[group], means[group])
-        result[group] = geometry.mutual_information(sigma[group])
-    return np.where(s2 > 0, np.maximum(result, 0.0), 0.0)
+    live = signal_variance(weights, means) > 0
+    if live.any():
+        coords = _reduce_rank(means[live])
+        estimator = _Estimator(weights[live], coords, fine=True)
+        mi, _ = estimator(sigma[live], derivative=False)
+        result[live] = np.clip(mi, 0.0, entropy(weights[live]))
+    return result
 
 
 def noise_std_for_mi(
@@ -163,91 +301,192 @@ def noise_std_for_mi(
 ) -> tuple[FloatArray, FloatArray]:
     """Solve for the sigma at which each mixture's MI estimate hits ``target``.
 
-    Targets are first clipped to [MI_TARGET_MARGIN, 1 - MI_TARGET_MARGIN]
-    times H(w), the range a positive finite sigma reaches.
+    Targets are first clipped with :func:`clip_mi_target`, so every item has
+    a finite positive root.
+
+    Parameters
+    ----------
+    weights : ndarray, shape (B, K)
+    means : ndarray, shape (B, K, D)
+    target : ndarray, shape (B,)
+        MI targets in nats.
 
     Returns
     -------
     sigma : ndarray, shape (B,)
+        Finite and positive; DEGENERATE_NOISE_STD for items with zero signal
+        variance.
     achieved : ndarray, shape (B,)
-        The MI estimate at the returned sigma.
+        The fine-rule MI estimate at the returned sigma; 0 for items with
+        zero signal variance.
+
+    Raises
+    ------
+    ArithmeticError
+        When the solver cannot bracket a root or returns a non-finite sigma.
+        Neither happens for a valid mixture; the message names the targets.
     """
     batch = len(weights)
     sigma = np.full(batch, DEGENERATE_NOISE_STD)
     achieved = np.zeros(batch)
     s2 = signal_variance(weights, means)
-    h = entropy(weights)
     live = s2 > 0
-    clipped = np.clip(target, MI_TARGET_MARGIN * h, (1.0 - MI_TARGET_MARGIN) * h)
-    for group in _groups(batch, weights.shape[1]):
-        index = np.arange(batch)[group][live[group]]
-        if index.size == 0:
-            continue
-        geometry = _MixtureGeometry(weights[index], means[index])
-        sigma[index], achieved[index] = _solve(
-            geometry, clipped[index], np.sqrt(s2[index])
+    if not live.any():
+        return sigma, achieved
+    h = entropy(weights[live])
+    goal = clip_mi_target(target[live], h)
+    coords = _reduce_rank(means[live])
+    solved, reached = _solve(weights[live], coords, means.shape[2], s2[live], h, goal)
+    if not np.all(np.isfinite(solved) & (solved > 0)):
+        raise ArithmeticError(
+            f"MI solver returned a noise level outside (0, inf) for targets "
+            f"{goal.tolist()}"
         )
+    sigma[live] = solved
+    achieved[live] = np.clip(reached, 0.0, h)
     return sigma, achieved
 
 
-def _solve(
-    geometry: _MixtureGeometry, target: FloatArray, scale: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Find log sigma with MI(sigma) = target for every item at once.
+def _capacity_log_sigma(
+    s2: FloatArray, dim: int, rank: int, target: FloatArray
+) -> FloatArray:
+    """Return log sigma at which the Gaussian-channel bound equals ``target``.
 
-    MI falls as sigma grows. The bracket [scale/1e3, scale*1e3] is widened
-    tenfold per side until it holds the root, then Illinois regula falsi
-    narrows it. Each step evaluates every item, so the loop count is fixed
-    and the result does not depend on which other items share the batch.
+    I(X; Y) <= (r / 2) ln(1 + D s2 / (r sigma^2)) because a Gaussian input of
+    the same covariance maximizes MI. The exact MI at this sigma is therefore
+    at most the target, so the root lies at or below it.
     """
-    low = np.log(scale) - np.log(1e3)
-    high = np.log(scale) + np.log(1e3)
-    f_low = geometry.mutual_information(np.exp(low)) - target
-    f_high = geometry.mutual_information(np.exp(high)) - target
-    for _ in range(30):
-        need_low = f_low < 0
-        need_high = f_high > 0
-        if not (need_low.any() or need_high.any()):
-            break
-        low = np.where(need_low, low - np.log(10.0), low)
-        high = np.where(need_high, high + np.log(10.0), high)
-        f_low = np.where(need_low, geometry.mutual_information(np.exp(low)) - target, f_low)
-        f_high = np.where(
-            need_high, geometry.mutual_information(np.exp(high)) - target, f_high
-        )
-    if (f_low < 0).any() or (f_high > 0).any():
-        raise ArithmeticError(
-            "MI solver could not bracket the target; this is a bug, please report "
-            f"the config (targets {target.tolist()})"
-        )
+    growth = np.expm1(2.0 * target / rank)
+    return 0.5 * (np.log(dim * s2 / rank) - np.log(growth))
 
-    side = np.zeros(len(target))
-    point = low.copy()
-    f_point = f_low.copy()
-    done = np.zeros(len(target), dtype=bool)
-    for _ in range(_SOLVER_ITERATIONS):
-        denominator = f_low - f_high
-        safe = np.where(denominator != 0, denominator, 1.0)
-        guess = np.where(
-            denominator != 0, low + (high - low) * f_low / safe, 0.5 * (low + high)
-        )
-        guess = np.clip(guess, low, high)
-        f_guess = geometry.mutual_information(np.exp(guess)) - target
-        # Items that converged keep their point, so each item's result
-        # depends only on its own mixture, not on the items beside it.
-        point = np.where(done, point, guess)
-        f_point = np.where(done, f_point, f_guess)
-        done = done | (np.abs(f_point) <= _SOLVER_RELATIVE_TOLERANCE * target)
-        done = done | (high - low <= 1e-15 * np.maximum(1.0, np.abs(low)))
+
+class _Residual:
+    """phi(t) = logit(MI(e^t) / H) - logit(target / H) and its derivative.
+
+    phi decreases in t = log sigma and is close to linear for large sigma,
+    where MI falls like 1 / sigma^2, so Newton steps on it behave well.
+    """
+
+    def __init__(
+        self, weights: FloatArray, coords: FloatArray, h: FloatArray,
+        target: FloatArray,
+    ) -> None:
+        self.estimators = {
+            False: _Estimator(weights, coords, fine=False),
+            True: _Estimator(weights, coords, fine=True),
+        }
+        self.h = h
+        self.goal = np.log(target) - np.log(h - target)
+
+    def __call__(
+        self, t: FloatArray, fine: bool, derivative: bool = True
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Return phi(t), d phi / dt (NaN unless asked) and MI at sigma = e^t."""
+        mi, dmi = self.estimators[fine](np.exp(t), derivative)
+        h = self.h
+        bounded = np.clip(mi, 1e-300, h * (1.0 - 1e-15))
+        phi = np.log(bounded) - np.log(h - bounded) - self.goal
+        dphi = dmi * h / (bounded * (h - bounded))
+        return phi, dphi, mi
+
+
+def _solve(
+    weights: FloatArray,
+    coords: FloatArray,
+    dim: int,
+    s2: FloatArray,
+    h: FloatArray,
+    target: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Find sigma with MI(sigma) = target for every item at once.
+
+    Newton steps on the coarse estimate, started from the Gaussian-channel
+    bound, find the coarse root; Newton steps on the fine estimate then move
+    it to the fine root, which lies within a fraction of a percent of it.
+    Returns sigma and the fine MI estimate there.
+    """
+    residual = _Residual(weights, coords, h, target)
+    guess = _capacity_log_sigma(s2, dim, coords.shape[2], target)
+    infinite = np.full(len(target), np.inf)
+    t, _ = _newton(
+        residual, guess, -infinite, infinite, target,
+        fine=False, iterations=_COARSE_ITERATIONS, tolerance=_COARSE_TOLERANCE,
+    )
+    t, mi = _refine(residual, t, target)
+    return np.exp(t), mi
+
+
+def _refine(
+    residual: _Residual, t: FloatArray, target: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Move t from the coarse root to the fine root; return t and MI at t.
+
+    The fine root lies within a fraction of a percent of the coarse one, so
+    Newton steps with the slope taken once at the start (chord steps)
+    converge in one or two evaluations. An item stops once |MI - target| <=
+    _FINE_TOLERANCE * target. An item still off after _FINE_ITERATIONS steps
+    keeps its last t, and the MI returned is the estimate there.
+    """
+    phi, dphi, mi = residual(t, fine=True)
+    usable = np.isfinite(dphi) & (dphi < 0)
+    safe_slope = np.where(usable, dphi, -1.0)
+    for _ in range(_FINE_ITERATIONS):
+        done = ~usable | (np.abs(mi - target) <= _FINE_TOLERANCE * target)
         if done.all():
             break
-        go_high = f_point > 0
-        # Illinois step: halve the stale endpoint's value when the same side
-        # moves twice, which keeps convergence superlinear.
-        low_new = np.where(go_high, point, low)
-        f_low_new = np.where(go_high, f_point, np.where(side == -1, f_low * 0.5, f_low))
-        high_new = np.where(go_high, high, point)
-        f_high_new = np.where(go_high, np.where(side == 1, f_high * 0.5, f_high), f_point)
-        side = np.where(go_high, 1.0, -1.0)
-        low, f_low, high, f_high = low_new, f_low_new, high_new, f_high_new
-    return np.exp(point), f_point + target
+        step = np.clip(-phi / safe_slope, -_MAX_STEP, _MAX_STEP)
+        t = np.where(done, t, t + step)
+        phi, _, estimate = residual(t, fine=True, derivative=False)
+        mi = np.where(done, mi, estimate)
+    return t, mi
+
+
+def _newton(
+    residual: _Residual,
+    t: FloatArray,
+    low: FloatArray,
+    high: FloatArray,
+    target: FloatArray,
+    fine: bool,
+    iterations: int,
+    tolerance: float,
+) -> tuple[FloatArray, FloatArray]:
+    """Run safeguarded Newton steps on phi; return t and the MI estimate at t.
+
+    Each evaluation narrows the bracket (low, high) of the root, which may
+    start infinite. A step longer than _MAX_STEP is cut to that length, and a
+    step that leaves the bracket or follows a non-negative slope is replaced
+    by bisection (or by a _MAX_STEP move while the bracket is open on that
+    side). An item stops moving once |MI - target| <= tolerance * target, so
+    its result does not depend on the other items. The returned MI is the
+    estimate at the returned t.
+
+    Raises
+    ------
+    ArithmeticError
+        When an item has not converged after ``iterations`` evaluations.
+    """
+    done = np.zeros(len(t), dtype=bool)
+    mi = np.zeros(len(t))
+    for iteration in range(iterations):
+        phi, dphi, estimate = residual(t, fine)
+        mi = np.where(done, mi, estimate)
+        done = done | (np.abs(estimate - target) <= tolerance * target)
+        if done.all() or iteration == iterations - 1:
+            break
+        low = np.where(phi > 0, t, low)
+        high = np.where(phi > 0, high, t)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            step = np.clip(-phi / dphi, -_MAX_STEP, _MAX_STEP)
+        newton = t + step
+        usable = np.isfinite(newton) & (dphi < 0) & (newton > low) & (newton < high)
+        # Without a usable Newton step, move toward the root: bisect a closed
+        # bracket, or go _MAX_STEP toward its open side.
+        toward = np.where(phi > 0, t + _MAX_STEP, t - _MAX_STEP)
+        bisection = np.where(np.isfinite(low) & np.isfinite(high), 0.5 * (low + high), toward)
+        t = np.where(done, t, np.where(usable, newton, bisection))
+    if not done.all():
+        raise ArithmeticError(
+            f"MI solver did not converge for targets {target[~done].tolist()}"
+        )
+    return t, mi
