@@ -689,3 +689,53 @@ def test_server_health_and_reflection(channel: grpc.Channel) -> None:
     names = {service.name for service in responses[0].list_services_response.service}
     assert SERVICE_NAME in names
     assert "grpc.health.v1.Health" in names
+
+
+def test_server_restore_with_other_batches_per_epoch(
+    stub: pb_grpc.GmmServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    info = small_session(stub)
+    assert info.batches_per_epoch == 3
+    # Same config and seed, but 20 samples: 7 batches per epoch.
+    local = small_loader(num_samples=20)
+    cases = [((2, 2), (2, 2, 8)), ((2, 5), (3, 0, 9))]
+    for (epoch, batch), expected in cases:
+        local.seek(epoch, batch)
+        restored = stub.Restore(
+            pb.RestoreRequest(
+                session_id=info.session_id, state_json=json.dumps(local.state_dict())
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+        position = restored.session.position
+        assert (position.epoch, position.batch_index, position.global_index) == expected
+    assert "state batches_per_epoch is 7" in caplog.text
+
+
+def test_server_stream_limit_rejects_extra_stream(tmp_path: Path) -> None:
+    settings = ServerSettings(port=0, data_dir=tmp_path, max_streams=2)
+    with BackgroundServer(settings) as server:
+        channel = open_channel(server.port)
+        stub = pb_grpc.GmmServiceStub(channel)
+        info = small_session(stub)
+        streams = [BatchStream(stub, session_id=info.session_id) for _ in range(2)]
+        for stream in streams:
+            stream.next_batch()
+        extra = BatchStream(stub, session_id=info.session_id)
+        error = extra.finish()
+        assert error is not None
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 open streams" in error.details()
+        for stream in streams:
+            stream.cancel()
+        channel.close()
+
+
+def test_server_list_sessions_rejects_bad_token(stub: pb_grpc.GmmServiceStub) -> None:
+    error = rpc_error(
+        lambda: stub.ListSessions(
+            pb.ListSessionsRequest(page_token="not a token!"), timeout=5
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in error.details()
