@@ -79,6 +79,7 @@ class BatchStream:
         self._requests.put(pb.StreamBatchesRequest(start=pb.StreamStart(**start)))
         self.call = stub.StreamBatches(iter(self._requests.get, None), timeout=120)
         self._responses = iter(self.call)
+        self.skipped_responses = 0
 
     def next_batch(self) -> DecodedBatch:
         """Receive one batch, joining its parts when it was split."""
@@ -109,10 +110,13 @@ class BatchStream:
         self._requests.put(None)
 
     def finish(self) -> grpc.RpcError | None:
-        """Read to the end of the stream; return its error, or None on OK."""
+        """Read to the end of the stream; return its error, or None on OK.
+
+        Responses read here are counted in ``skipped_responses``.
+        """
         try:
             for _ in self._responses:
-                pass
+                self.skipped_responses += 1
         except grpc.RpcError as error:
             self._requests.put(None)
             return error

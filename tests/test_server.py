@@ -165,6 +165,7 @@ def test_server_window_limits_batches_ahead(stub: pb_grpc.GmmServiceStub) -> Non
     # OK once the window allows no more batches.
     stream.half_close()
     assert stream.finish() is None
+    assert stream.skipped_responses == 0
     assert cursor_of(stub, info.session_id) == 0
 
 
@@ -183,7 +184,7 @@ def test_server_cancel_frees_stream_slots(
     assert wait_for_open_streams(server, 0) == 0
 
 
-def test_server_unary_calls_answer_beside_32_streams(
+def test_server_unary_calls_beside_32_streams(
     server: BackgroundServer, stub: pb_grpc.GmmServiceStub
 ) -> None:
     info = small_session(stub, samples_per_epoch=1000)

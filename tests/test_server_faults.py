@@ -152,7 +152,7 @@ def test_server_crash_during_snapshot_keeps_previous(tmp_path: Path) -> None:
         caller.join(timeout=RPC_TIMEOUT_S)
         assert outcome == [grpc.StatusCode.UNAVAILABLE]
 
-    # The database file holds the first snapshot and not the second.
+    # The database file contains the first snapshot and not the second.
     connection = sqlite3.connect(tmp_path / DATABASE_NAME)
     try:
         labels = [row[0] for row in connection.execute("SELECT label FROM snapshots")]
