@@ -96,7 +96,9 @@ class Client:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
             self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._stub = pb_grpc.GmmServiceStub(self._channel)
+        # The generated gRPC module is untyped.
+        stub_class: Any = pb_grpc.GmmServiceStub
+        self._stub = stub_class(self._channel)
         self._stream_batches = self._channel.stream_stream(
             f"/{SERVICE_NAME}/StreamBatches",
             request_serializer=pb.StreamBatchesRequest.SerializeToString,

@@ -200,7 +200,7 @@ async def _serve_bare_bytes(
     payloads: dict[int, bytes] = {}
 
     async def stream(
-        request: bytes, context: grpc.aio.ServicerContext
+        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> AsyncIterator[bytes]:
         for size in np.frombuffer(request, dtype="<u4").tolist():
             payload = payloads.get(size)
@@ -248,7 +248,9 @@ def _measure_bare_grpc(sizes: list[int]) -> Measurement:
             ) from None
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            call = channel.unary_stream(_BARE_METHOD)
+            call: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                _BARE_METHOD
+            )
             warmup = np.full(_WARMUP_BATCHES, sizes[0], dtype="<u4").tobytes()
             for _ in call(warmup, timeout=60.0):
                 pass
