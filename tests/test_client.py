@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -23,6 +24,7 @@ from gmmserve_client import (
     Batch,
     BatchIntegrityError,
     Client,
+    DeadlineExceeded,
     FailedPrecondition,
     GmmServeClientError,
     InvalidArgument,
@@ -240,12 +242,19 @@ _SAMPLES_PER_EPOCH = 10  # 3 batches per epoch: 4, 4 and 2 datasets
 
 
 @pytest.fixture(scope="module")
-def server_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def background_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BackgroundServer]:
     settings = ServerSettings(
         host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("client-store")
     )
     with BackgroundServer(settings) as server:
-        yield f"127.0.0.1:{server.port}"
+        yield server
+
+
+@pytest.fixture
+def server_target(background_server: BackgroundServer) -> str:
+    return f"127.0.0.1:{background_server.port}"
 
 
 @pytest.fixture
@@ -379,6 +388,36 @@ def test_client_manual_ack_without_ack_keeps_cursor(
     with session.batches(max_batches=3, ack="manual") as stream:
         assert [batch.global_index for batch in stream] == [0, 1, 2]
     assert session.position.global_index == 0
+
+
+def test_client_stream_deadline_exceeded(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    # With window 1 and no acknowledgement the server sends one batch and
+    # waits, so the call reaches its deadline.
+    stream = session.batches(window=1, ack="manual", timeout_s=0.5)
+    assert next(stream).global_index == 0
+    with pytest.raises(DeadlineExceeded) as caught:
+        next(stream)
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert stream.closed
+
+
+def test_client_dropped_stream_ends_call(
+    background_server: BackgroundServer, client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    stream = session.batches(window=1)
+    assert next(stream).global_index == 0
+    assert background_server.open_stream_count == 1
+    del stream
+    gc.collect()
+    for _ in range(100):
+        if background_server.open_stream_count == 0:
+            break
+        time.sleep(0.05)
+    assert background_server.open_stream_count == 0
 
 
 def test_client_attach_existing_session(

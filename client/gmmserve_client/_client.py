@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -275,7 +276,9 @@ class Session:
     def __init__(self, client: Client, session_id: str) -> None:
         self._client = client
         self._id = session_id
-        self._streams: list[BatchStream] = []
+        # Weak references, so a stream dropped without close() can be
+        # collected and its finalizer can end the call.
+        self._streams: list[weakref.ref[BatchStream]] = []
 
     def __repr__(self) -> str:
         return f"Session({self._id!r}, target={self._client.target!r})"
@@ -303,6 +306,7 @@ class Session:
         max_batches: int | None = None,
         window: int = 4,
         ack: AckMode = "auto",
+        timeout_s: float | None = None,
     ) -> BatchStream:
         """Open a stream of batches.
 
@@ -317,6 +321,9 @@ class Session:
         ack : {"auto", "manual"}, default "auto"
             "auto" acknowledges a batch when the next one is requested or
             when the stream is closed; "manual" only through :meth:`ack`.
+        timeout_s : float, optional
+            Deadline of each stream call in seconds; a call still open then
+            fails with DeadlineExceeded. None, the default, sets no deadline.
 
         Returns
         -------
@@ -332,8 +339,9 @@ class Session:
             window=window,
             ack=ack,
             reconnect=self._client.reconnect,
+            timeout_s=timeout_s,
         )
-        self._streams.append(stream)
+        self._streams.append(weakref.ref(stream))
         return stream
 
     def ack(self, batch: Batch) -> None:
@@ -344,7 +352,7 @@ class Session:
         GmmServeClientError
             When no open stream of this handle yielded the batch.
         """
-        for stream in reversed(self._streams):
+        for stream in reversed(self._open_streams()):
             last = stream.last_received
             if not stream.closed and last is not None and batch.global_index <= last:
                 stream.ack(batch)
@@ -355,8 +363,17 @@ class Session:
         )
 
     def _stream_closed(self, stream: BatchStream) -> None:
-        if stream in self._streams:
-            self._streams.remove(stream)
+        self._streams = [
+            reference
+            for reference in self._streams
+            if reference() is not None and reference() is not stream
+        ]
+
+    def _open_streams(self) -> list[BatchStream]:
+        streams = [reference() for reference in self._streams]
+        return [
+            stream for stream in streams if stream is not None and not stream.closed
+        ]
 
     def snapshot(self, label: str = "") -> SnapshotInfo:
         """Save the committed cursor under a new snapshot id."""
@@ -433,7 +450,7 @@ class Session:
         Position
             The committed cursor at close.
         """
-        for stream in list(self._streams):
+        for stream in self._open_streams():
             stream.close()
         request = pb.CloseSessionRequest(session_id=self._id)
         response = self._client._unary("CloseSession", request, SessionNotFound)

@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -122,6 +123,7 @@ class BatchStream(Iterator[Batch]):
         window: int,
         ack: AckMode,
         reconnect: ReconnectPolicy,
+        timeout_s: float | None = None,
     ) -> None:
         if start is not None and (isinstance(start, bool) or start < 0):
             raise ValueError(
@@ -135,6 +137,10 @@ class BatchStream(Iterator[Batch]):
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         if ack not in ("auto", "manual"):
             raise ValueError(f"ack must be 'auto' or 'manual', got {ack!r}")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(
+                f"timeout_s must be None or greater than 0, got {timeout_s!r}"
+            )
         self._session = session
         self._open_call = open_call
         self._start = start
@@ -142,6 +148,7 @@ class BatchStream(Iterator[Batch]):
         self._window = window
         self._auto_ack = ack == "auto"
         self._reconnect = reconnect
+        self._timeout_s = timeout_s
         self._assembler = PartAssembler()
         self._pending_bytes = 0
         self._connection: _Connection | None = None
@@ -329,7 +336,9 @@ class BatchStream(Iterator[Batch]):
             stream_start.start_global_index = start
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         first = pb.StreamBatchesRequest(start=stream_start)
-        call = self._open_call(_request_iterator(first, requests))
+        call = self._open_call(
+            _request_iterator(first, requests), timeout=self._timeout_s
+        )
         _LOGGER.info(
             "session %s: stream opened at %s, window %d",
             self.session_id,
@@ -337,6 +346,9 @@ class BatchStream(Iterator[Batch]):
             self._window,
         )
         connection = _Connection(call, requests, start)
+        # A stream dropped without close() still ends its call and releases
+        # the thread that reads its request queue.
+        weakref.finalize(self, connection.cancel)
         if self._consumed is not None:
             # After a reconnect, repeat the latest acknowledgement: the
             # failed call may have lost it, and the server accepts start - 1.

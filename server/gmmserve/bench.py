@@ -51,6 +51,9 @@ _BARE_STARTUP_TIMEOUT_S = 30.0
 # measured batches are new to the server.
 _WARMUP_BATCHES = 2
 _MEGABYTE = 1e6
+# Added to max_seconds for each stream's deadline, so a stalled server fails
+# the run instead of hanging it.
+_STREAM_TIMEOUT_MARGIN_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -149,13 +152,19 @@ def _measure_service(
             samples_per_epoch=settings.samples_per_epoch,
         )
         warmup_start = settings.max_batches
-        with session.batches(start=warmup_start, max_batches=_WARMUP_BATCHES) as stream:
+        stream_timeout_s = settings.max_seconds + _STREAM_TIMEOUT_MARGIN_S
+        with session.batches(
+            start=warmup_start, max_batches=_WARMUP_BATCHES, timeout_s=stream_timeout_s
+        ) as stream:
             for _ in stream:
                 pass
         started = time.perf_counter()
         deadline = started + settings.max_seconds
         with session.batches(
-            start=0, max_batches=settings.max_batches, window=settings.window
+            start=0,
+            max_batches=settings.max_batches,
+            window=settings.window,
+            timeout_s=stream_timeout_s,
         ) as stream:
             for batch in stream:
                 indices.append(batch.global_index)

@@ -55,6 +55,8 @@ _BEFORE_SNAPSHOT = 2
 _AFTER_SNAPSHOT = 3
 _AFTER_RESTORE = 4
 _LOG_TAIL_LINES = 20
+# Deadline of each stream call, so a stalled server cannot hang the demo.
+_STREAM_TIMEOUT_S = 30.0
 
 
 class ServerProcess:
@@ -279,10 +281,14 @@ def _stream_before_kill(
         batch_size=batch_size,
         samples_per_epoch=samples_per_epoch,
     )
-    with session.batches(max_batches=_BEFORE_SNAPSHOT) as stream:
+    with session.batches(
+        max_batches=_BEFORE_SNAPSHOT, timeout_s=_STREAM_TIMEOUT_S
+    ) as stream:
         first = list(stream)
     snapshot = session.snapshot(label="mid-epoch")
-    with session.batches(max_batches=_AFTER_SNAPSHOT) as stream:
+    with session.batches(
+        max_batches=_AFTER_SNAPSHOT, timeout_s=_STREAM_TIMEOUT_S
+    ) as stream:
         second = list(stream)
     info = session.info()
     return _ConfigRun(
@@ -312,7 +318,9 @@ def _resume_after_restart(client: Client, run: _ConfigRun) -> None:
             f"restore moved the cursor to {run.resumed_at}, not the snapshot's "
             f"{run.snapshot_at}"
         )
-    with session.batches(max_batches=_AFTER_RESTORE) as stream:
+    with session.batches(
+        max_batches=_AFTER_RESTORE, timeout_s=_STREAM_TIMEOUT_S
+    ) as stream:
         run.resumed = list(stream)
     session.close()
 
