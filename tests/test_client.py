@@ -536,8 +536,9 @@ def test_client_create_requires_one_config(client: Client) -> None:
         client.create_session({"dim": 2}, experiment="standard")
 
 
-def test_client_resume_after_sigkill(
-    tmp_path: Path, small_config: dict[str, Any]
+@pytest.mark.parametrize("shutdown", ["sigkill", "sigterm"])
+def test_client_resume_after_restart(
+    tmp_path: Path, small_config: dict[str, Any], shutdown: str
 ) -> None:
     reconnect = ReconnectPolicy(
         max_attempts=20, initial_backoff_s=0.05, max_elapsed_s=60.0
@@ -553,7 +554,12 @@ def test_client_resume_after_sigkill(
                 for batch in stream:
                     received.append(batch)
                     if len(received) == 4:
-                        server.kill()
+                        # SIGKILL drops the connection; SIGTERM makes the
+                        # server end the stream with UNAVAILABLE.
+                        if shutdown == "sigkill":
+                            server.kill()
+                        else:
+                            server.stop()
                         # The stream reconnects with backoff while the new
                         # server starts on the same port and data directory.
                         restarter = threading.Thread(target=server.start)
