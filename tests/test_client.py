@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -69,6 +71,23 @@ def _encode(loader: GMMDataLoader, epoch: int, batch_index: int) -> pb.Batch:
             data=np.ascontiguousarray(array).tobytes(),
         )
     return message
+
+
+def test_client_imports_no_server_code() -> None:
+    script = (
+        "import sys, gmmserve_client; "
+        "print(sorted(name for name in sys.modules "
+        "if name.split('.')[0] in ('gmmserve', 'scipy', 'pydantic', 'rich')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_client_array_names_match_server() -> None:
