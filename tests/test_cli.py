@@ -221,6 +221,63 @@ def test_cli_sessions_commands(
     assert session_id in error
 
 
+def test_cli_sessions_json_output(
+    server_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ("--target", server_target)
+    status, output, _ = _run(
+        capsys,
+        "sessions",
+        "create",
+        *target,
+        "--json",
+        "--experiment",
+        "3d",
+        "--seed",
+        "4",
+        "--batch-size",
+        "5",
+        "--samples-per-epoch",
+        "12",
+        "--fixed-data",
+    )
+    assert status == 0
+    created = json.loads(output)
+    session_id = created["session_id"]
+    assert created["spec"]["experiment"] == "3d"
+    assert created["spec"]["seed"] == 4
+    assert created["spec"]["fixed_data"] is True
+    assert created["batches_per_epoch"] == 3
+    assert created["position"] == {"epoch": 0, "batch_index": 0, "global_index": 0}
+    assert created["resolved_config"]["dim"] == 3
+
+    status, output, _ = _run(capsys, "sessions", "list", *target, "--json")
+    assert status == 0
+    listed = {info["session_id"]: info for info in json.loads(output)}
+    assert listed[session_id] == created
+
+    status, output, _ = _run(
+        capsys, "sessions", "snapshot", *target, "--json", session_id, "--label", "x"
+    )
+    assert status == 0
+    snapshot = json.loads(output)
+    assert snapshot["session_id"] == session_id
+    assert snapshot["label"] == "x"
+    assert json.loads(snapshot["state_json"])["loader_state"]["current_batch"] == 0
+
+    status, output, _ = _run(
+        capsys, "sessions", "snapshots", *target, "--json", session_id
+    )
+    assert status == 0
+    assert [item["snapshot_id"] for item in json.loads(output)] == [
+        snapshot["snapshot_id"]
+    ]
+
+    status, output, _ = _run(capsys, "sessions", "close", *target, "--json", session_id)
+    assert status == 0
+    assert json.loads(output) == {"epoch": 0, "batch_index": 0, "global_index": 0}
+
+
 def test_cli_sessions_create_invalid_experiment(
     server_target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

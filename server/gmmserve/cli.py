@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -138,16 +139,29 @@ def _run_serve(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _print_json(value: object, console: Console) -> None:
+    """Print dataclasses, or lists of them, as indented JSON."""
+    if isinstance(value, list):
+        document: object = [dataclasses.asdict(item) for item in value]
+    else:
+        document = dataclasses.asdict(value)  # type: ignore[call-overload]
+    # Plain print, because rich would wrap long lines and break the JSON.
+    print(json.dumps(document, indent=2), file=console.file)
+
+
 def _run_sessions(args: argparse.Namespace, console: Console) -> int:
+    command = args.sessions_command
     with Client(args.target, timeout_s=args.timeout_s) as client:
-        command = args.sessions_command
         if command == "list":
-            console.print(_sessions_table(client.list_sessions()))
-        elif command == "get":
-            console.print(_session_table(client.session(args.session_id).info()))
-        elif command == "create":
+            sessions = client.list_sessions()
+            if args.json:
+                _print_json(sessions, console)
+            else:
+                console.print(_sessions_table(sessions))
+            return 0
+        if command == "create":
             config = Path(args.config_file).read_text() if args.config_file else None
-            session = client.create_session(
+            info = client.create_session(
                 config,
                 experiment=args.experiment,
                 seed=args.seed,
@@ -155,27 +169,52 @@ def _run_sessions(args: argparse.Namespace, console: Console) -> int:
                 batch_size=args.batch_size,
                 samples_per_epoch=args.samples_per_epoch,
                 fixed_data=args.fixed_data,
-            )
-            console.print(_session_table(session.info()))
+            ).info()
+            if args.json:
+                _print_json(info, console)
+            else:
+                console.print(_session_table(info))
+            return 0
+
+        session = client.session(args.session_id)
+        if command == "get":
+            info = session.info()
+            if args.json:
+                _print_json(info, console)
+            else:
+                console.print(_session_table(info))
         elif command == "snapshot":
-            snapshot = client.session(args.session_id).snapshot(args.label)
-            console.print(_snapshots_table([snapshot], "snapshot saved"))
+            snapshot = session.snapshot(args.label)
+            if args.json:
+                _print_json(snapshot, console)
+            else:
+                console.print(_snapshots_table([snapshot], "snapshot saved"))
         elif command == "snapshots":
-            snapshots = client.session(args.session_id).list_snapshots()
+            snapshots = session.list_snapshots()
             title = f"{len(snapshots)} snapshots of session {args.session_id}"
-            console.print(_snapshots_table(snapshots, title))
+            if args.json:
+                _print_json(snapshots, console)
+            else:
+                console.print(_snapshots_table(snapshots, title))
         elif command == "restore":
-            session = client.session(args.session_id)
             if args.state_file is not None:
                 info = session.restore(state=Path(args.state_file).read_text())
             else:
                 info = session.restore(snapshot_id=args.snapshot)
-            console.print(
-                f"session {info.session_id} restored; cursor at {info.position}"
-            )
+            if args.json:
+                _print_json(info, console)
+            else:
+                console.print(
+                    f"session {info.session_id} restored; cursor at {info.position}"
+                )
         elif command == "close":
-            position = client.session(args.session_id).close()
-            console.print(f"session {args.session_id} closed; cursor was at {position}")
+            position = session.close()
+            if args.json:
+                _print_json(position, console)
+            else:
+                console.print(
+                    f"session {args.session_id} closed; cursor was at {position}"
+                )
     return 0
 
 
@@ -228,6 +267,9 @@ def _add_sessions_parser(
             type=float,
             default=10.0,
             help="deadline of each call in seconds (default 10)",
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="print JSON instead of a table"
         )
         if with_id:
             parser.add_argument("session_id", help="the session id")
