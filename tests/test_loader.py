@@ -423,3 +423,16 @@ def test_save_state_survives_kill_during_writes(tmp_path):
         loader.restore_state(load_generator_state(path))
         assert loader.current_epoch == 0
         assert 0 <= loader.current_batch < 1000
+
+
+def test_loader_explicit_seed_overrides_derivation(small_config):
+    derived = make_loader(small_config, base_seed=7)
+    explicit = make_loader(small_config, base_seed=None, seed=derived.seed)
+    assert explicit.seed == derived.seed
+    assert_same_batch(next(derived), next(explicit))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**53, 1.0, True])
+def test_loader_rejects_out_of_range_seed(small_config, seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 9007199254740991\]"):
+        make_loader(small_config, seed=seed)

@@ -207,6 +207,12 @@ class GMMDataLoader:
     resume : bool, default False
         Requires ``state_path``; kept for compatibility, since an existing
         state file is always restored.
+    seed : int, optional
+        The effective seed itself, in [0, 2^53 - 1]; overrides ``base_seed``
+        and the config's ``random_seed``. A server uses it to rebuild a
+        session whose seed it chose and recorded.
+    limits : Limits
+        Upper bounds on batch size and batch element count.
 
     Raises
     ------
@@ -229,6 +235,7 @@ class GMMDataLoader:
         state_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
         limits: Limits = DEFAULT_LIMITS,
+        seed: int | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not (
             1 <= batch_size <= limits.max_batch_size
@@ -251,6 +258,10 @@ class GMMDataLoader:
             raise ValueError(
                 f"base_seed must be an integer in [0, {MAX_SEED - 1_000_000}], got {base_seed!r}"
             )
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+        ):
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
         if resume and state_path is None:
             raise ValueError("state_path must be provided when resume=True")
 
@@ -271,7 +282,8 @@ class GMMDataLoader:
         self.current_epoch = 0
         self.current_batch = 0
 
-        seed = derive_seed(base_seed, self.loader_id, self.config.model.random_seed)
+        if seed is None:
+            seed = derive_seed(base_seed, self.loader_id, self.config.model.random_seed)
         self._seed_chosen = seed is None
         self.seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
         self.param_generator = ParameterGenerator(self.config, self.seed, self.loader_id)

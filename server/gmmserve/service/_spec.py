@@ -201,22 +201,9 @@ def build_loader(record: SessionRecord, limits: Limits) -> GMMDataLoader:
             loader_id=fields["loader_id"],
             fixed_data=fields["fixed_data"],
             limits=limits,
+            seed=record.seed,
         )
     except ValueError as error:
         raise ConfigError("spec.batch_size", str(error)) from None
-    if loader.seed != record.seed:
-        _adopt_seed(loader, record.seed)
     return loader
 
-
-def _adopt_seed(loader: GMMDataLoader, seed: int) -> None:
-    # The server chose this session's seed, and the loader drew another
-    # because neither a base seed nor the config fixes one. Restoring a state
-    # document that carries the recorded seed is how a loader adopts a seed.
-    document = loader.state_dict()
-    document["fingerprint"] = config_seed_fingerprint(loader.config.resolved, seed)
-    document["loader_state"]["seed"] = seed
-    document["param_generator_state"]["seed"] = seed
-    document["data_generator_state"]["seed"] = seed
-    loader.restore_state(document)
-    loader.seek(0, 0)
