@@ -33,7 +33,8 @@ _LOGGER = logging.getLogger(__name__)
 
 AckMode = Literal["auto", "manual"]
 
-# A response deserializer returns the message with its serialized size.
+# The StreamBatches callable of a channel. Its response deserializer
+# returns (serialized size, StreamBatchesResponse) pairs.
 StreamCallable = Callable[..., Any]
 
 # Marks the end of a call's request stream (the client half-closes).
@@ -103,8 +104,8 @@ class BatchStream(Iterator[Batch]):
     Acknowledgement: with ``ack="auto"`` a batch is acknowledged when the
     next one is requested, or when the stream is closed after the batch
     was yielded. With ``ack="manual"`` only :meth:`ack` acknowledges.
-    Acknowledging batch g tells the server that every batch up to g was
-    consumed, so its committed cursor becomes g + 1.
+    Acknowledging batch g marks every batch up to g as consumed, so the
+    server's committed cursor becomes g + 1.
 
     When the server becomes UNAVAILABLE the stream reconnects following its
     :class:`ReconnectPolicy` and asks for the batch after the last one it
@@ -141,6 +142,7 @@ class BatchStream(Iterator[Batch]):
             raise ValueError(
                 f"timeout_s must be None or greater than 0, got {timeout_s!r}"
             )
+
         self._session = session
         self._open_call = open_call
         self._start = start
@@ -166,10 +168,12 @@ class BatchStream(Iterator[Batch]):
 
     @property
     def session_id(self) -> str:
+        """The id of the session this stream reads."""
         return self._session.id
 
     @property
     def closed(self) -> bool:
+        """Whether the stream was closed, by the caller, its end or an error."""
         return self._closed
 
     def __iter__(self) -> BatchStream:
@@ -239,8 +243,8 @@ class BatchStream(Iterator[Batch]):
     def close(self) -> None:
         """Acknowledge the last yielded batch (auto mode) and end the call.
 
-        Closing waits up to a few seconds for the server to commit the
-        final acknowledgement.
+        Closing waits up to 5 seconds for the server to commit the final
+        acknowledgement, and logs a warning when it does not.
         """
         if self._closed:
             return
