@@ -23,6 +23,7 @@ from gmmserve.loader import GMMDataLoader
 from gmmserve.service import BackgroundServer, ServerSettings
 from gmmserve_client import (
     ARRAY_NAMES,
+    Aborted,
     Batch,
     BatchIntegrityError,
     Client,
@@ -437,6 +438,22 @@ def test_client_dropped_stream_ends_call(
             break
         time.sleep(0.05)
     assert background_server.open_stream_count == 0
+
+
+def test_client_stream_aborted_by_restore(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    snapshot = session.snapshot()
+    with session.batches(window=2) as stream:
+        assert next(stream).global_index == 0
+        session.restore(snapshot_id=snapshot.snapshot_id)
+        with pytest.raises(Aborted) as caught:
+            for _ in range(10):
+                next(stream)
+    assert caught.value.code == grpc.StatusCode.ABORTED
+    assert "restored" in caught.value.details
+    assert session.position.global_index == 0
 
 
 def test_client_attach_existing_session(

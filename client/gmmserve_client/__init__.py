@@ -9,6 +9,7 @@ restarts.
 from gmmserve_client._batch import ARRAY_NAMES, Batch, decode_batch, fingerprint_arrays
 from gmmserve_client._client import Client, Session
 from gmmserve_client._errors import (
+    Aborted,
     BatchIntegrityError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -25,6 +26,7 @@ from gmmserve_client._types import Position, SessionInfo, SessionSpec, SnapshotI
 
 __all__ = [
     "ARRAY_NAMES",
+    "Aborted",
     "Batch",
     "BatchIntegrityError",
     "BatchStream",

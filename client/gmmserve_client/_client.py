@@ -329,7 +329,14 @@ class Session:
         -------
         BatchStream
             An iterator of :class:`Batch` and a context manager that closes
-            the stream. The call starts on the first ``next``.
+            the stream. The call starts on the first ``next``. Use it in a
+            ``with`` block or call ``close()``: a stream dropped without
+            closing ends its call but does not acknowledge the last batch.
+
+        Raises
+        ------
+        Aborted
+            From ``next`` when the session is restored or closed meanwhile.
         """
         stream = BatchStream(
             self,

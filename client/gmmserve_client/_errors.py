@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "Aborted",
     "BatchIntegrityError",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -61,6 +62,10 @@ class DeadlineExceeded(GmmServeClientError):
     """A call did not finish within its timeout."""
 
 
+class Aborted(GmmServeClientError):
+    """A stream ended because its session was restored or closed; open a new one."""
+
+
 class StreamInterrupted(Unavailable):
     """A batch stream could not be resumed within the reconnect policy's bounds."""
 
@@ -76,6 +81,7 @@ _CLASS_BY_CODE: dict[grpc.StatusCode, type[GmmServeClientError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.ABORTED: Aborted,
 }
 
 
