@@ -296,7 +296,7 @@ def test_cli_sessions_unreachable_server(capsys: pytest.CaptureFixture[str]) -> 
     )
     assert status == 1
     assert "127.0.0.1:9" in error
-    assert "check that the server is running" in error
+    assert "Check that the server is running at that address." in error
 
 
 def test_cli_requires_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

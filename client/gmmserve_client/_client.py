@@ -148,12 +148,13 @@ class Client:
         except grpc.RpcError as error:
             converted = from_rpc_error(error, not_found)
             if isinstance(converted, (Unavailable, DeadlineExceeded)):
-                # These come from the channel, not the service, so their
-                # message needs the address and the deadline.
+                # These usually come from the channel, not the service, so
+                # the message needs the address, the deadline and the attempts.
                 converted = type(converted)(
-                    f"{method_name} to {self.target} failed within the "
-                    f"{self.timeout_s} s deadline: {converted.details}; check that "
-                    "the server is running at that address",
+                    f"{method_name} to {self.target} failed after up to "
+                    f"{self.retry.max_attempts} attempts within a {self.timeout_s} s "
+                    f"deadline: {converted.details}. Check that the server is "
+                    "running at that address.",
                     converted.code,
                 )
             raise converted from error
