@@ -433,10 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _HANDLERS[args.command](args, console)
     except GmmServeClientError as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(
+            f"[red]error:[/red] {error}", highlight=False
+        )
         return 1
     except (OSError, ValueError) as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(
+            f"[red]error:[/red] {error}", highlight=False
+        )
         return 2
     except KeyboardInterrupt:
         return 130
