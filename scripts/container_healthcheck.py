@@ -16,7 +16,7 @@ import os
 import sys
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 DEFAULT_PORT = 50051
 # A server bound to every interface is reached through loopback.

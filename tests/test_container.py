@@ -18,15 +18,16 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from gmmserve_proto.v1 import gmmserve_pb2, gmmserve_pb2_grpc
-
 from gmmserve.config import DEFAULT_LIMITS, load_config
 from gmmserve.errors import LegacyKeyWarning
 from gmmserve.generator import ARRAY_NAMES, generate_batch
+from gmmserve_proto.v1 import gmmserve_pb2, gmmserve_pb2_grpc
+from numpy.typing import NDArray
 
 # The first run in a clean clone debootstraps Debian and downloads every
 # dependency wheel, which can exceed the suite's default 300 s timeout.
@@ -239,9 +240,13 @@ def _requests_until(
     done.wait(RPC_TIMEOUT_SECONDS)
 
 
-def _create_session(
-    stub: gmmserve_pb2_grpc.GmmServiceStub,
-) -> gmmserve_pb2.SessionInfo:
+def _stub(channel: grpc.Channel) -> Any:
+    # The generated stub module has no type hints, so the stub is Any.
+    stub_class: Any = gmmserve_pb2_grpc.GmmServiceStub
+    return stub_class(channel)
+
+
+def _create_session(stub: Any) -> gmmserve_pb2.SessionInfo:
     spec = gmmserve_pb2.SessionSpec(
         experiment="simple",
         seed=SESSION_SEED,
@@ -252,10 +257,11 @@ def _create_session(
     created = stub.CreateSession(
         gmmserve_pb2.CreateSessionRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS
     )
-    return created.session
+    session: gmmserve_pb2.SessionInfo = created.session
+    return session
 
 
-def _expected_arrays(seed: int) -> dict[str, np.ndarray]:
+def _expected_arrays(seed: int) -> dict[str, NDArray[Any]]:
     # The bundled "simple" config contains legacy keys, which raise a warning.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LegacyKeyWarning)
@@ -289,15 +295,13 @@ def test_container_image_config(podman_env: dict[str, str], image: str) -> None:
     assert user == "gmmserve"
     assert ports == '{"50051/tcp":{}}'
     assert volumes == '{"/data":{}}'
-    assert health == (
-        '["CMD","/opt/venv/bin/python","/opt/gmmserve/healthcheck.py"]'
-    )
+    assert health == ('["CMD","/opt/venv/bin/python","/opt/gmmserve/healthcheck.py"]')
 
 
 def test_container_streams_batch(container: _Container) -> None:
     target = f"127.0.0.1:{container.port}"
     with grpc.insecure_channel(target) as channel:
-        stub = gmmserve_pb2_grpc.GmmServiceStub(channel)
+        stub = _stub(channel)
         session = _create_session(stub)
         start = gmmserve_pb2.StreamBatchesRequest(
             start=gmmserve_pb2.StreamStart(session_id=session.session_id, max_batches=1)
@@ -339,7 +343,7 @@ def test_container_stops_cleanly_on_sigterm(container: _Container) -> None:
     # An unbounded stream with a window of 1 and no acknowledgements is still
     # open, waiting for an Ack, when SIGTERM arrives.
     with grpc.insecure_channel(f"127.0.0.1:{container.port}") as channel:
-        stub = gmmserve_pb2_grpc.GmmServiceStub(channel)
+        stub = _stub(channel)
         session = _create_session(stub)
         start = gmmserve_pb2.StreamBatchesRequest(
             start=gmmserve_pb2.StreamStart(
