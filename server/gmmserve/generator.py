@@ -186,8 +186,13 @@ def _draw_parameters(
     model = config.model
     n_points = _to_count(model.sample_count_distribution.sample(params, 1), 1, max_points)
     n_clusters = _to_clusters(model.cluster_params.sample(params, 1), max_clusters)
-    alpha = np.full(n_clusters, model.alpha_dirichlet)
-    weights = params.dirichlet(alpha, size=batch_size)
+    if n_clusters == 1:
+        # Dirichlet with one component is the point mass at 1, but numpy's
+        # draw can return 1 - 2^-53, which would give a tiny nonzero signal.
+        weights = np.ones((batch_size, 1))
+    else:
+        alpha = np.full(n_clusters, model.alpha_dirichlet)
+        weights = params.dirichlet(alpha, size=batch_size)
     centers32 = params.standard_normal(
         (batch_size, n_clusters, model.dim), dtype=np.float32
     )
@@ -210,8 +215,10 @@ def _noise_levels(
     """Compute noise_std, snr_db, mi, mi_factor and mi_target per item.
 
     Items with zero signal variance get noise_std 1.0, snr_db -inf, mi 0
-    and mi_factor 0. In SNR mode ``mi`` and ``mi_factor`` are NaN unless
-    the config sets ``estimate_mi``.
+    and mi_factor 0. Items with H(w) < noise.MIN_ENTROPY get mi 0 and
+    mi_factor 0, and in MI modes noise_std 1.0 with the matching snr_db.
+    In SNR mode ``mi`` and ``mi_factor`` are NaN unless the config sets
+    ``estimate_mi``.
     """
     model = config.model
     weights = parameters.weights
@@ -220,7 +227,7 @@ def _noise_levels(
     batch_size = len(weights)
     s2 = noise.signal_variance(weights, centers)
     h = noise.entropy(weights)
-    degenerate = s2 <= 0
+    degenerate = ~noise.solvable(weights, centers)
 
     if model.control_mode == "snr":
         snr_db = control
@@ -246,7 +253,7 @@ def _noise_levels(
 
     return {
         "noise_std": sigma,
-        "snr_db": np.where(degenerate, -np.inf, snr_db),
+        "snr_db": np.where(s2 > 0, snr_db, -np.inf),
         "mi": np.where(degenerate, 0.0, mi),
         "mi_factor": np.where(degenerate, 0.0, mi_factor),
         "mi_target": mi_target,
