@@ -108,7 +108,7 @@ class BatchStream(Iterator[Batch]):
     server's committed cursor becomes g + 1.
 
     When the server becomes UNAVAILABLE the stream reconnects following its
-    :class:`ReconnectPolicy` and asks for the batch after the last one it
+    :class:`ReconnectPolicy` and requests the batch after the last one it
     received, so no batch is lost or repeated.
 
     A BatchStream is not thread-safe: use it from one thread.
@@ -338,6 +338,7 @@ class BatchStream(Iterator[Batch]):
         )
         if start is not None:
             stream_start.start_global_index = start
+
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         first = pb.StreamBatchesRequest(start=stream_start)
         call = self._open_call(
@@ -349,6 +350,7 @@ class BatchStream(Iterator[Batch]):
             "the committed cursor" if start is None else f"batch {start}",
             self._window,
         )
+
         connection = _Connection(call, requests, start)
         # A stream dropped without close() still ends its call and releases
         # the thread that reads its request queue.
