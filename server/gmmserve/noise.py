@@ -82,17 +82,17 @@ _SOBOL_LOG2_POINTS = (8, 13)
 _SOBOL_SEED = 0x6D695F736F626F6C
 
 _COARSE_ITERATIONS = 60
+_FINE_ITERATIONS = 4
 # Largest Newton step in log sigma.
 _MAX_STEP = 3.0
 _LOG_SIGMA_RANGE = 50.0
 # Items whose H(w) is below this many nats hold one cluster in all but
 # about 1e-14 of their mass; they are treated like zero signal variance.
 MIN_ENTROPY = 1e-12
-_FINE_ITERATIONS = 3
 # The coarse stage stops once |MI - target| <= this fraction of the target;
 # the fine stage stops at _FINE_TOLERANCE.
 _COARSE_TOLERANCE = 1e-3
-_FINE_TOLERANCE = 1e-4
+_FINE_TOLERANCE = 1e-5
 # Elements of one (b, j, k, n) work array: 1 MiB of float64, which keeps the
 # arrays of one evaluation in the L2 cache of common CPUs.
 _WORK_ELEMENTS = 128 * 1024
@@ -458,27 +458,30 @@ class _Residual:
 
     phi decreases in t = log sigma and is close to linear for large sigma,
     where MI falls like 1 / sigma^2, so Newton steps on it behave well.
+    Evaluations can be restricted to the items still iterating.
     """
 
     def __init__(
         self, weights: FloatArray, coords: FloatArray, h: FloatArray,
         target: FloatArray,
     ) -> None:
-        self.estimators = {
-            False: _Estimator(weights, coords, fine=False),
-            True: _Estimator(weights, coords, fine=True),
-        }
+        self.weights = weights
+        self.coords = coords
         self.h = h
         self.goal = np.log(target) - np.log(h - target)
 
     def __call__(
-        self, t: FloatArray, fine: bool, derivative: bool = True
+        self, t: FloatArray, items: NDArray[np.intp], fine: bool
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Return phi(t), d phi / dt (NaN unless asked) and MI at sigma = e^t."""
-        mi, dmi = self.estimators[fine](np.exp(t), derivative)
-        h = self.h
+        """Return phi, d phi / dt and MI at sigma = e^t for ``items``.
+
+        ``t`` holds one value per listed item.
+        """
+        estimator = _Estimator(self.weights[items], self.coords[items], fine)
+        mi, dmi = estimator(np.exp(t))
+        h = self.h[items]
         bounded = np.clip(mi, 1e-300, h * (1.0 - 1e-15))
-        phi = np.log(bounded) - np.log(h - bounded) - self.goal
+        phi = np.log(bounded) - np.log(h - bounded) - self.goal[items]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             dphi = dmi * h / (bounded * (h - bounded))
         return phi, dphi, mi
@@ -495,7 +498,7 @@ def _solve(
     """Find sigma with MI(sigma) = target for every item at once.
 
     Newton steps on the coarse estimate, started from the Gaussian-channel
-    bound, find the coarse root; Newton steps on the fine estimate then move
+    bound, find the coarse root. Newton steps on the fine estimate then move
     it to the fine root, which lies within a fraction of a percent of it.
     Returns sigma and the fine MI estimate there.
     """
@@ -511,33 +514,13 @@ def _solve(
         residual, np.clip(guess, low, high), low, high, target,
         fine=False, iterations=_COARSE_ITERATIONS, tolerance=_COARSE_TOLERANCE,
     )
-    t, mi = _refine(residual, t, target)
+    # The fine root lies close to the coarse one; a bracket of a factor e
+    # either way only stops a runaway step.
+    t, mi = _newton(
+        residual, t, t - 1.0, t + 1.0, target,
+        fine=True, iterations=_FINE_ITERATIONS, tolerance=_FINE_TOLERANCE,
+    )
     return np.exp(t), mi
-
-
-def _refine(
-    residual: _Residual, t: FloatArray, target: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Move t from the coarse root to the fine root; return t and MI at t.
-
-    The fine root lies within a fraction of a percent of the coarse one, so
-    Newton steps with the slope taken once at the start (chord steps)
-    converge in one or two evaluations. An item stops once |MI - target| <=
-    _FINE_TOLERANCE * target. An item still off after _FINE_ITERATIONS steps
-    keeps its last t, and the MI returned is the estimate there.
-    """
-    phi, dphi, mi = residual(t, fine=True)
-    usable = np.isfinite(dphi) & (dphi < 0)
-    safe_slope = np.where(usable, dphi, -1.0)
-    for _ in range(_FINE_ITERATIONS):
-        done = ~usable | (np.abs(mi - target) <= _FINE_TOLERANCE * target)
-        if done.all():
-            break
-        step = np.clip(-phi / safe_slope, -_MAX_STEP, _MAX_STEP)
-        t = np.where(done, t, t + step)
-        phi, _, estimate = residual(t, fine=True, derivative=False)
-        mi = np.where(done, mi, estimate)
-    return t, mi
 
 
 def _newton(
@@ -555,24 +538,33 @@ def _newton(
     Each evaluation narrows the bracket (low, high) of the root. A step
     longer than _MAX_STEP is cut to that length, and a step that leaves the
     bracket or follows a non-negative slope is replaced by bisection. An
-    item stops moving once |MI - target| <= tolerance * target, so its
-    result does not depend on the other items. An item that has not
-    converged after ``iterations`` evaluations keeps its last t, and the
-    fine stage and the returned MI show how far it is from the target.
+    item stops once |MI - target| <= tolerance * target, and only the items
+    still moving are evaluated, so an item's result does not depend on the
+    other items. An item that has not converged after ``iterations``
+    evaluations keeps its last t. Every item's last evaluation is at its
+    returned t, so the returned MI is the estimate there.
     """
-    done = np.zeros(len(t), dtype=bool)
-    mi = np.zeros(len(t))
+    t = t.copy()
+    estimate = np.empty(len(t))
+    low = low.copy()
+    high = high.copy()
+    active = np.arange(len(t))
     for iteration in range(iterations):
-        phi, dphi, estimate = residual(t, fine)
-        mi = np.where(done, mi, estimate)
-        done = done | (np.abs(estimate - target) <= tolerance * target)
-        if done.all() or iteration == iterations - 1:
+        phi, dphi, mi = residual(t[active], active, fine)
+        estimate[active] = mi
+        moving = np.abs(mi - target[active]) > tolerance * target[active]
+        if not moving.any() or iteration == iterations - 1:
             break
-        low = np.where(phi > 0, t, low)
-        high = np.where(phi > 0, high, t)
+        active, phi, dphi = active[moving], phi[moving], dphi[moving]
+        position = t[active]
+        low[active] = np.where(phi > 0, position, low[active])
+        high[active] = np.where(phi > 0, high[active], position)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             step = np.clip(-phi / dphi, -_MAX_STEP, _MAX_STEP)
-        newton = t + step
-        usable = np.isfinite(newton) & (dphi < 0) & (newton > low) & (newton < high)
-        t = np.where(done, t, np.where(usable, newton, 0.5 * (low + high)))
-    return t, mi
+        newton = position + step
+        bracket_low, bracket_high = low[active], high[active]
+        usable = (
+            np.isfinite(newton) & (dphi < 0) & (newton > bracket_low) & (newton < bracket_high)
+        )
+        t[active] = np.where(usable, newton, 0.5 * (bracket_low + bracket_high))
+    return t, estimate
