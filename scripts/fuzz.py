@@ -616,9 +616,13 @@ class RpcFuzzer:
 
     def random_request(self) -> tuple[str, Callable[[], Any]]:
         """Return the name of a random RPC and a call that sends it."""
-        kind = self.rng.randrange(7)
+        kind = self.rng.randrange(9)
         if kind == 6:
             return "StreamBatches (raw)", self._raw_stream()
+        if kind == 7:
+            return "ListSessions", self._list_sessions()
+        if kind == 8:
+            return "CloseSession", self._close_session()
         if kind == 0:
             return "CreateSession", self._create_session()
         if kind == 1:
@@ -711,6 +715,40 @@ class RpcFuzzer:
         if rng.random() < 0.1:
             requests.append(pb.StreamBatchesRequest())
         return lambda: raw_stream_call(self.client.target, requests)
+
+    def _list_sessions(self) -> Callable[[], Any]:
+        import grpc
+        from gmmserve_client._errors import from_rpc_error
+        from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
+
+        rng = self.rng
+        request = pb.ListSessionsRequest(
+            page_size=rng.choice([0, 1, 2, 1000, 1001, 2**32 - 1]),
+            page_token=rng.choice(["", self.session.id, junk_string(rng)]),
+        )
+
+        def list_page() -> None:
+            with grpc.insecure_channel(self.client.target) as channel:
+                stub: Any = pb_grpc.GmmServiceStub(channel)
+                try:
+                    stub.ListSessions(request, timeout=30)
+                except grpc.RpcError as error:
+                    raise from_rpc_error(error) from error
+
+        return list_page
+
+    def _close_session(self) -> Callable[[], Any]:
+        from gmmserve_client import Session
+
+        rng = self.rng
+        if rng.random() < 0.3:
+            # A session made for this call, so the shared ones stay open.
+            session = self.client.create_session(SMALL_CONFIG, seed=1)
+        else:
+            session = Session(
+                self.client, rng.choice(["", "x" * 129, junk_string(rng)])
+            )
+        return session.close
 
     def _snapshot(self) -> Callable[[], Any]:
         from gmmserve_client import Session

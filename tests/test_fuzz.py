@@ -18,7 +18,14 @@ import pytest
 from _faults import load_script
 from _server import ServerProcess
 from gmmserve.config import experiment_config, experiment_names
-from gmmserve_client import Client, InvalidArgument, RetryPolicy, Session
+from gmmserve_client import (
+    Client,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RetryPolicy,
+    Session,
+)
 from gmmserve_proto.v1 import gmmserve_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -332,3 +339,45 @@ def test_fuzz_restore_huge_epoch_rejected(client: Client) -> None:
 def test_fuzz_long_unknown_key_rejected(client: Client) -> None:
     with pytest.raises(InvalidArgument):
         client.create_session({"x" * 70_000: 1}, seed=5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Restore accepts a state whose batch lies past its epoch's end at "
+    "epoch 2^53 - 1, moves the cursor to epoch 2^53, and a snapshot taken "
+    "there is then rejected by Restore as out of range",
+)
+def test_fuzz_snapshot_past_epoch_range_restorable(client: Client) -> None:
+    session = client.create_session(
+        fuzz.SMALL_CONFIG, seed=5, loader_id="edge", batch_size=1, samples_per_epoch=2
+    )
+    document = json.loads(session.snapshot().state_json)
+    loader_state = document["loader_state"]
+    loader_state["current_epoch"] = 2**53 - 1
+    loader_state["batches_per_epoch"] = 5
+    loader_state["current_batch"] = 3
+    try:
+        moved = session.restore(state=document)
+    except InvalidArgument:
+        return
+    snapshot = session.snapshot()
+    restored = session.restore(snapshot_id=snapshot.snapshot_id)
+    assert restored.position == moved.position
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Restore by snapshot_id accepts a snapshot of another session "
+    "when the config and seed match, although snapshot ids belong to one "
+    "session",
+)
+def test_fuzz_restore_foreign_snapshot_rejected(client: Client) -> None:
+    first = client.create_session(
+        fuzz.SMALL_CONFIG, seed=5, loader_id="a", batch_size=1, samples_per_epoch=2
+    )
+    second = client.create_session(
+        fuzz.SMALL_CONFIG, seed=5, loader_id="a", batch_size=2, samples_per_epoch=4
+    )
+    foreign = second.snapshot()
+    with pytest.raises((NotFound, FailedPrecondition, InvalidArgument)):
+        first.restore(snapshot_id=foreign.snapshot_id)
