@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import os
 import queue
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -23,6 +25,86 @@ from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 
 # Generous bound for one RPC or one received message; never a timing check.
 RPC_TIMEOUT_S = 30.0
+
+# The operator token of test servers that take one.
+OPERATOR_TOKEN = "test-operator-token-0123456789"
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        (
+            "method",
+            "timeout",
+            "metadata",
+            "credentials",
+            "wait_for_ready",
+            "compression",
+        ),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class TokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor
+):
+    """Adds bearer tokens to a test channel's calls, as the client library does.
+
+    It stores the token of every session that CreateSession returns and
+    sends it with later calls naming that session. Calls on other sessions,
+    and ListSessions, send ``operator_token`` when it is set. A call that
+    already carries authorization metadata is left unchanged. The tokens
+    are shared by every interceptor of the test process (session ids are
+    random, so they never collide), which lets a channel opened after a
+    server restart use the tokens of sessions created before it.
+    """
+
+    tokens: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, operator_token: str | None = None) -> None:
+        self.operator_token = operator_token
+
+    def _details(self, details: Any, session_id: str) -> Any:
+        metadata = list(details.metadata or ())
+        if any(key == "authorization" for key, _ in metadata):
+            return details
+        token = self.tokens.get(session_id, self.operator_token)
+        if token is None:
+            return details
+        metadata.append(("authorization", f"Bearer {token}"))
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(
+        self, continuation: Any, details: Any, request: Any
+    ) -> Any:
+        session_id = getattr(request, "session_id", "")
+        outcome = continuation(self._details(details, session_id), request)
+        if details.method.endswith("/CreateSession") and outcome.exception() is None:
+            response = outcome.result()
+            self.tokens[response.session.session_id] = response.session_token
+        return outcome
+
+    def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        # The first request is the StreamStart that names the session.
+        if not details.method.endswith("/StreamBatches"):
+            return continuation(details, request_iterator)
+        first = next(request_iterator, None)
+        if first is None:
+            return continuation(details, iter(()))
+        session_id = first.start.session_id
+        requests = itertools.chain([first], request_iterator)
+        return continuation(self._details(details, session_id), requests)
 
 
 @dataclass(frozen=True)
@@ -124,10 +206,13 @@ class BatchStream:
         return None
 
 
-def open_channel(port: int) -> grpc.Channel:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_S)
-    return channel
+def open_channel(
+    port: int, operator_token: str | None = OPERATOR_TOKEN
+) -> grpc.Channel:
+    """Connect to 127.0.0.1:``port`` through a :class:`TokenInterceptor`."""
+    raw = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(raw).result(timeout=RPC_TIMEOUT_S)
+    return grpc.intercept_channel(raw, TokenInterceptor(operator_token))
 
 
 def create_session(stub: pb_grpc.GmmServiceStub, **spec: Any) -> pb.SessionInfo:
@@ -168,7 +253,8 @@ class ServerProcess:
     ----------
     data_dir : Path
     env : dict, optional
-        Extra environment variables for the server.
+        Extra environment variables for the server. The operator token is
+        OPERATOR_TOKEN unless ``env`` sets GMMSERVE_OPERATOR_TOKEN.
     """
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
@@ -176,6 +262,7 @@ class ServerProcess:
         self.port_file = data_dir / f"port-{time.monotonic_ns()}.json"
         self.log_path = data_dir / "server.log"
         environment = dict(os.environ)
+        environment["GMMSERVE_OPERATOR_TOKEN"] = OPERATOR_TOKEN
         environment.update(env or {})
         # The server writes to this file until kill() or terminate() closes it.
         self._log = open(self.log_path, "ab")  # noqa: SIM115

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _server import OPERATOR_TOKEN
 from gmmserve.cli import main
 from gmmserve.config import experiment_names
 from gmmserve.demo import _check_run, _ConfigRun, _local_loader
@@ -60,6 +61,7 @@ def _demo_run(seed: int) -> _ConfigRun:
     return _ConfigRun(
         name="simple",
         session_id="ses_test",
+        session_token=None,
         snapshot_id="snap_test",
         snapshot_at=2,
         snapshot_state=_state_json(snapshot),
@@ -118,7 +120,10 @@ def test_cli_demo_check_reports_missing_batch() -> None:
 @pytest.fixture(scope="module")
 def server_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = ServerSettings(
-        host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("cli-store")
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path_factory.mktemp("cli-store"),
+        operator_token=OPERATOR_TOKEN,
     )
     with BackgroundServer(settings) as server:
         yield f"127.0.0.1:{server.port}"
@@ -155,17 +160,36 @@ def test_cli_sessions_commands(
     assert created is not None
     session_id = created.group(1)
     assert re.search(r"batches per epoch\s+│ 3 ", output)
+    printed_token = re.search(r"session token: (gst_\S+)", output)
+    assert printed_token is not None
+    token = printed_token.group(1)
 
     with (
         Client(server_target) as client,
-        client.session(session_id).batches(max_batches=4) as stream,
+        client.session(session_id, token=token).batches(max_batches=4) as stream,
     ):
         assert [batch.global_index for batch in stream] == [0, 1, 2, 3]
 
-    status, output, _ = _run(capsys, "sessions", "list", *target)
+    operator_file = tmp_path / "operator-token"
+    operator_file.write_text(OPERATOR_TOKEN + "\n")
+    operator_file.chmod(0o600)
+    status, output, _ = _run(
+        capsys, "sessions", "list", *target, "--operator-token-file", str(operator_file)
+    )
     assert status == 0
     assert re.search(rf"{session_id}\s+│ simple\s+│ ops\s+│", output)
 
+    status, _, error = _run(capsys, "sessions", "list", *target)
+    assert status == 1
+    assert "UNAUTHENTICATED" in error
+
+    status, _, error = _run(capsys, "sessions", "get", *target, session_id)
+    assert status == 1
+    assert "UNAUTHENTICATED" in error
+
+    # The commands below pass the session token; the operator token would
+    # work as well.
+    target = (*target, "--token", token)
     status, output, _ = _run(capsys, "sessions", "get", *target, session_id)
     assert status == 0
     assert re.search(r"cursor\s+│ 4 \(epoch 1, batch 1\)", output)
@@ -222,8 +246,11 @@ def test_cli_sessions_commands(
 
 
 def test_cli_sessions_json_output(
-    server_target: str, capsys: pytest.CaptureFixture[str]
+    server_target: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("GMMSERVE_OPERATOR_TOKEN", OPERATOR_TOKEN)
     target = ("--target", server_target)
     status, output, _ = _run(
         capsys,
@@ -243,6 +270,7 @@ def test_cli_sessions_json_output(
     )
     assert status == 0
     created = json.loads(output)
+    assert created.pop("session_token").startswith("gst_")
     session_id = created["session_id"]
     assert created["spec"]["experiment"] == "3d"
     assert created["spec"]["seed"] == 4

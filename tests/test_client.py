@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from _server import OPERATOR_TOKEN
 from gmmserve.demo import ServerProcess
 from gmmserve.generator import ARRAY_NAMES as SERVER_ARRAY_NAMES
 from gmmserve.generator import fingerprint_arrays as server_fingerprint
@@ -32,6 +33,7 @@ from gmmserve_client import (
     GmmServeClientError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ReconnectPolicy,
     RetryPolicy,
     Session,
@@ -266,7 +268,10 @@ def background_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[BackgroundServer]:
     settings = ServerSettings(
-        host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("client-store")
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path_factory.mktemp("client-store"),
+        operator_token=OPERATOR_TOKEN,
     )
     with BackgroundServer(settings) as server:
         yield server
@@ -279,7 +284,9 @@ def server_target(background_server: BackgroundServer) -> str:
 
 @pytest.fixture
 def client(server_target: str) -> Iterator[Client]:
-    with Client(server_target, timeout_s=30.0) as connection:
+    with Client(
+        server_target, timeout_s=30.0, operator_token=OPERATOR_TOKEN
+    ) as connection:
         yield connection
 
 
@@ -463,7 +470,7 @@ def test_client_attach_existing_session(
     with session.batches(max_batches=2) as stream:
         list(stream)
     with Client(server_target) as other:
-        attached = other.session(session.id)
+        attached = other.session(session.id, token=session.token)
         info = attached.info()
         assert info.session_id == session.id
         assert info.seed == session.info().seed
@@ -516,12 +523,16 @@ def test_client_snapshot_restore(client: Client, small_config: dict[str, Any]) -
 
 
 def test_client_error_not_found(client: Client) -> None:
+    # The client sends the operator token for a session it did not create,
+    # and operators learn which ids are unknown.
+    unknown = "ses_" + "A" * 22
     with pytest.raises(SessionNotFound) as caught:
-        client.session("ses_unknown")
+        client.session(unknown)
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
-    assert "ses_unknown" in caught.value.details
-    stream = Session(client, "ses_unknown").batches()
-    with pytest.raises(SessionNotFound):
+    assert unknown in caught.value.details
+    # Streams need the session token, which nobody has for an unknown id.
+    stream = Session(client, unknown).batches()
+    with pytest.raises(PermissionDenied):
         next(stream)
     assert stream.closed
 
@@ -531,7 +542,7 @@ def test_client_error_snapshot_not_found(
 ) -> None:
     session = _create(client, small_config)
     with pytest.raises(NotFound) as caught:
-        session.restore(snapshot_id="snap_unknown")
+        session.restore(snapshot_id="snap_" + "B" * 22)
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from _server import (
+    OPERATOR_TOKEN,
     RPC_TIMEOUT_S,
     BatchStream,
     assert_batch_equal,
@@ -34,7 +35,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::gmmserve.errors.LegacyKeyWarnin
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[BackgroundServer]:
     with BackgroundServer(
-        ServerSettings(port=0, data_dir=tmp_path, grace_s=5.0)
+        ServerSettings(
+            port=0, data_dir=tmp_path, grace_s=5.0, operator_token=OPERATOR_TOKEN
+        )
     ) as running:
         yield running
 
@@ -172,9 +175,10 @@ def test_server_window_limits_batches_ahead(stub: pb_grpc.GmmServiceStub) -> Non
 def test_server_cancel_frees_stream_slots(
     server: BackgroundServer, stub: pb_grpc.GmmServiceStub
 ) -> None:
-    info = small_session(stub)
+    # One session per stream, because a session has one open stream at a time.
     streams = [
-        BatchStream(stub, session_id=info.session_id, window=2) for _ in range(5)
+        BatchStream(stub, session_id=small_session(stub).session_id, window=2)
+        for _ in range(5)
     ]
     for stream in streams:
         stream.next_batch()
@@ -187,10 +191,12 @@ def test_server_cancel_frees_stream_slots(
 def test_server_unary_calls_beside_32_streams(
     server: BackgroundServer, stub: pb_grpc.GmmServiceStub
 ) -> None:
-    info = small_session(stub, samples_per_epoch=1000)
+    # One session per stream, because a session has one open stream at a time.
+    sessions = [small_session(stub, samples_per_epoch=1000) for _ in range(32)]
+    info = sessions[0]
     streams = []
-    for _ in range(32):
-        stream = BatchStream(stub, session_id=info.session_id, window=2)
+    for session in sessions:
+        stream = BatchStream(stub, session_id=session.session_id, window=2)
         streams.append(stream)
     # Each stream receives its whole window and then waits for an Ack.
     for stream in streams:
@@ -492,36 +498,41 @@ def test_server_list_and_close_sessions(stub: pb_grpc.GmmServiceStub) -> None:
 
 
 def test_server_not_found_codes(stub: pb_grpc.GmmServiceStub) -> None:
+    # The stub's channel sends the operator token for sessions it did not
+    # create, and operators learn which ids are unknown.
+    unknown = "ses_" + "A" * 22
     calls = {
         "GetSession": lambda: stub.GetSession(
-            pb.GetSessionRequest(session_id="ses_unknown"), timeout=5
+            pb.GetSessionRequest(session_id=unknown), timeout=5
         ),
         "Snapshot": lambda: stub.Snapshot(
-            pb.SnapshotRequest(session_id="ses_unknown"), timeout=5
+            pb.SnapshotRequest(session_id=unknown), timeout=5
         ),
         "CloseSession": lambda: stub.CloseSession(
-            pb.CloseSessionRequest(session_id="ses_unknown"), timeout=5
+            pb.CloseSessionRequest(session_id=unknown), timeout=5
         ),
     }
     for name, call in calls.items():
         error = rpc_error(call)
         assert error.code() == grpc.StatusCode.NOT_FOUND, name
-        assert "ses_unknown" in error.details(), name
+        assert unknown in error.details(), name
 
     info = small_session(stub)
+    unknown_snapshot = "snap_" + "B" * 22
     error = rpc_error(
         lambda: stub.Restore(
-            pb.RestoreRequest(session_id=info.session_id, snapshot_id="snap_unknown"),
+            pb.RestoreRequest(session_id=info.session_id, snapshot_id=unknown_snapshot),
             timeout=5,
         )
     )
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert "snap_unknown" in error.details()
+    assert unknown_snapshot in error.details()
 
-    stream = BatchStream(stub, session_id="ses_unknown")
+    # Streams need the session token, which nobody has for an unknown id.
+    stream = BatchStream(stub, session_id=unknown)
     error = stream.finish()
     assert error is not None
-    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 @pytest.mark.parametrize(
@@ -628,10 +639,22 @@ def test_server_restore_of_other_seed_fails(stub: pb_grpc.GmmServiceStub) -> Non
     snapshot = stub.Snapshot(
         pb.SnapshotRequest(session_id=theirs.session_id), timeout=5
     )
+    # Another session's snapshot id is unknown to this session.
     error = rpc_error(
         lambda: stub.Restore(
             pb.RestoreRequest(
                 session_id=ours.session_id, snapshot_id=snapshot.snapshot_id
+            ),
+            timeout=5,
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert snapshot.snapshot_id in error.details()
+
+    error = rpc_error(
+        lambda: stub.Restore(
+            pb.RestoreRequest(
+                session_id=ours.session_id, state_json=snapshot.state_json
             ),
             timeout=5,
         )
@@ -718,11 +741,13 @@ def test_server_stream_limit_rejects_extra_stream(tmp_path: Path) -> None:
     with BackgroundServer(settings) as server:
         channel = open_channel(server.port)
         stub = pb_grpc.GmmServiceStub(channel)
-        info = small_session(stub)
-        streams = [BatchStream(stub, session_id=info.session_id) for _ in range(2)]
+        sessions = [small_session(stub) for _ in range(3)]
+        streams = [
+            BatchStream(stub, session_id=info.session_id) for info in sessions[:2]
+        ]
         for stream in streams:
             stream.next_batch()
-        extra = BatchStream(stub, session_id=info.session_id)
+        extra = BatchStream(stub, session_id=sessions[2].session_id)
         error = extra.finish()
         assert error is not None
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -3,7 +3,8 @@
 The package depends only on numpy, grpcio and protobuf, never on the
 server package. Every batch is checked against the fingerprint the server
 sends, and streams resume after the last batch received when the server
-restarts.
+restarts. Session tokens are carried transparently: a session handle sends
+the token its CreateSession returned with every call.
 """
 
 from gmmserve_client._batch import ARRAY_NAMES, Batch, decode_batch, fingerprint_arrays
@@ -16,8 +17,11 @@ from gmmserve_client._errors import (
     GmmServeClientError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    ResourceExhausted,
     SessionNotFound,
     StreamInterrupted,
+    Unauthenticated,
     Unavailable,
 )
 from gmmserve_client._policy import ReconnectPolicy, RetryPolicy
@@ -36,8 +40,10 @@ __all__ = [
     "GmmServeClientError",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "Position",
     "ReconnectPolicy",
+    "ResourceExhausted",
     "RetryPolicy",
     "Session",
     "SessionInfo",
@@ -45,6 +51,7 @@ __all__ = [
     "SessionSpec",
     "SnapshotInfo",
     "StreamInterrupted",
+    "Unauthenticated",
     "Unavailable",
     "decode_batch",
     "fingerprint_arrays",

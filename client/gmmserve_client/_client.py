@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -33,6 +35,40 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+# PEM contents as bytes or text, or the path of a PEM file.
+PemSource = bytes | str | os.PathLike[str]
+
+
+def _read_pem(source: PemSource | None, name: str) -> bytes | None:
+    """Return PEM bytes from PEM contents or a file path."""
+    if source is None or isinstance(source, bytes):
+        return source
+    if isinstance(source, str) and "-----BEGIN" in source:
+        return source.encode()
+    try:
+        return Path(source).read_bytes()
+    except OSError as error:
+        raise ValueError(
+            f"{name}: cannot read PEM file {str(source)!r}: {error.strerror}"
+        ) from None
+
+
+def _check_token(token: str | None, name: str) -> str | None:
+    if token is None:
+        return None
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        # The message never contains the token.
+        raise ValueError(
+            f"{name} must be a non-empty printable ASCII string without spaces"
+        )
+    return token
+
+
+def _bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    if token is None:
+        return None
+    return (("authorization", f"Bearer {token}"),)
+
 
 def _parse_stream_response(raw: bytes) -> tuple[int, pb.StreamBatchesResponse]:
     """Parse a StreamBatches response, keeping its serialized size."""
@@ -54,10 +90,23 @@ class Client:
         How batch streams reconnect on UNAVAILABLE.
     credentials : grpc.ChannelCredentials, optional
         When given, the channel uses TLS with these credentials; otherwise
-        it is insecure.
+        it is insecure unless a TLS argument below is given.
     max_message_bytes : int, default 64 MiB
         Largest message the channel receives. Batches larger than the
         server's message limit arrive as BatchParts, each within that limit.
+    root_certificates : bytes, str or path, optional
+        PEM certificates of the CAs that sign the server's certificate, as
+        contents or a file path. Any of the three TLS arguments turns TLS
+        on; without root certificates the system's trust store is used.
+    certificate_chain, private_key : bytes, str or path, optional
+        The client's PEM certificate chain and key, for a server that
+        requires mutual TLS. Give both or neither.
+    operator_token : str, optional
+        The server's operator token. Calls on sessions whose token this
+        client does not know, and :meth:`list_sessions`, send it.
+    tls_server_name : str, optional
+        Host name to verify the server's certificate against, when it
+        differs from the host in ``target``.
 
     Examples
     --------
@@ -76,6 +125,11 @@ class Client:
         reconnect: ReconnectPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        root_certificates: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
+        private_key: PemSource | None = None,
+        operator_token: str | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be greater than 0, got {timeout_s!r}")
@@ -83,16 +137,36 @@ class Client:
             raise ValueError(
                 f"max_message_bytes must be 1 or more, got {max_message_bytes!r}"
             )
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError(
+                "certificate_chain and private_key must be given together for "
+                "mutual TLS"
+            )
         self.target = target
         self.timeout_s = timeout_s
         self.retry = retry if retry is not None else RetryPolicy()
         self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
-        options = [
+        self._operator_token = _check_token(operator_token, "operator_token")
+        # Session tokens returned by CreateSession, by session id.
+        self._tokens: dict[str, str] = {}
+        options: list[tuple[str, Any]] = [
             ("grpc.enable_retries", 1),
             ("grpc.service_config", self.retry.service_config()),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        if tls_server_name is not None:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        tls_given = any(
+            value is not None
+            for value in (root_certificates, certificate_chain, private_key)
+        )
+        if credentials is None and tls_given:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_pem(root_certificates, "root_certificates"),
+                private_key=_read_pem(private_key, "private_key"),
+                certificate_chain=_read_pem(certificate_chain, "certificate_chain"),
+            )
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -105,6 +179,10 @@ class Client:
             request_serializer=pb.StreamBatchesRequest.SerializeToString,
             response_deserializer=_parse_stream_response,
         )
+
+    def __repr__(self) -> str:
+        # Tokens stay out of the repr, which ends up in logs.
+        return f"Client({self.target!r})"
 
     def __enter__(self) -> Self:
         return self
@@ -136,15 +214,22 @@ class Client:
                 f"server at {self.target} was not reachable within {timeout_s} s"
             ) from None
 
+    def _token_for(self, session_id: str | None) -> str | None:
+        """Return the session's token when known, else the operator token."""
+        if session_id is not None and session_id in self._tokens:
+            return self._tokens[session_id]
+        return self._operator_token
+
     def _unary(
         self,
         method_name: str,
         request: Any,
         not_found: type[NotFound] = NotFound,
+        token: str | None = None,
     ) -> Any:
         method: Callable[..., Any] = getattr(self._stub, method_name)
         try:
-            return method(request, timeout=self.timeout_s)
+            return method(request, timeout=self.timeout_s, metadata=_bearer(token))
         except grpc.RpcError as error:
             converted = from_rpc_error(error, not_found)
             if isinstance(converted, (Unavailable, DeadlineExceeded)):
@@ -226,6 +311,8 @@ class Client:
         )
         response = self._unary("CreateSession", request)
         info = SessionInfo.from_proto(response.session)
+        if response.session_token:
+            self._tokens[info.session_id] = response.session_token
         _LOGGER.info(
             "session %s: %s on %s (seed %d, %d batches per epoch)",
             info.session_id,
@@ -236,20 +323,37 @@ class Client:
         )
         return Session(self, info.session_id)
 
-    def session(self, session_id: str) -> Session:
+    def session(self, session_id: str, token: str | None = None) -> Session:
         """Attach to an existing session.
+
+        Parameters
+        ----------
+        session_id : str
+        token : str, optional
+            The session's token (``Session.token`` of the handle that
+            created it). Without it, the token this client received when it
+            created the session is used, else the operator token.
 
         Raises
         ------
         SessionNotFound
-            When the server has no session with this id.
+            When the server has no session with this id (with the operator
+            token, or a valid token of a closed session).
+        PermissionDenied
+            When the token is not valid for the session, or the session does
+            not exist and the token is not the operator token.
         """
+        if _check_token(token, "token") is not None:
+            self._tokens[session_id] = token
         session = Session(self, session_id)
         session.info()
         return session
 
     def list_sessions(self, page_size: int = 0) -> list[SessionInfo]:
         """Return every session on the server, fetching all pages.
+
+        Needs the ``operator_token``; without it the server answers
+        :class:`Unauthenticated`.
 
         Parameters
         ----------
@@ -260,7 +364,7 @@ class Client:
         token = ""
         while True:
             request = pb.ListSessionsRequest(page_size=page_size, page_token=token)
-            response = self._unary("ListSessions", request)
+            response = self._unary("ListSessions", request, token=self._operator_token)
             sessions.extend(SessionInfo.from_proto(item) for item in response.sessions)
             token = response.next_page_token
             if not token:
@@ -289,11 +393,31 @@ class Session:
         """The session id."""
         return self._id
 
+    @property
+    def token(self) -> str | None:
+        """The session token, or None when the client does not know it.
+
+        Pass it to :meth:`Client.session` in another process to attach to
+        this session. Treat it as a password: anyone holding it can stream,
+        snapshot, restore and close the session.
+        """
+        return self._client._tokens.get(self._id)
+
+    def _call(
+        self, method_name: str, request: Any, not_found: type[NotFound] = NotFound
+    ) -> Any:
+        return self._client._unary(
+            method_name, request, not_found, self._client._token_for(self._id)
+        )
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return _bearer(self._client._token_for(self._id))
+
     def info(self) -> SessionInfo:
         """Fetch the session's settings and committed cursor from the server."""
         request = pb.GetSessionRequest(session_id=self._id)
         return SessionInfo.from_proto(
-            self._client._unary("GetSession", request, SessionNotFound)
+            self._call("GetSession", request, SessionNotFound)
         )
 
     @property
@@ -308,6 +432,7 @@ class Session:
         window: int = 4,
         ack: AckMode = "auto",
         timeout_s: float | None = None,
+        takeover: bool = False,
     ) -> BatchStream:
         """Open a stream of batches.
 
@@ -325,6 +450,12 @@ class Session:
         timeout_s : float, optional
             Deadline of each stream call in seconds; a call still open then
             fails with DeadlineExceeded. None, the default, sets no deadline.
+        takeover : bool, default False
+            A session has one open stream at a time. With False, opening a
+            stream while another is open raises FailedPrecondition; with
+            True the other stream ends with Aborted and this one starts.
+            Reconnects after UNAVAILABLE always take over, because the
+            stream they replace is this one's own earlier call.
 
         Returns
         -------
@@ -348,6 +479,7 @@ class Session:
             ack=ack,
             reconnect=self._client.reconnect,
             timeout_s=timeout_s,
+            takeover=takeover,
         )
         self._streams.append(weakref.ref(stream))
         return stream
@@ -386,7 +518,7 @@ class Session:
     def snapshot(self, label: str = "") -> SnapshotInfo:
         """Save the committed cursor under a new snapshot id."""
         request = pb.SnapshotRequest(session_id=self._id, label=label)
-        response = self._client._unary("Snapshot", request, SessionNotFound)
+        response = self._call("Snapshot", request, SessionNotFound)
         snapshot = SnapshotInfo.from_proto(response)
         _LOGGER.info(
             "session %s: snapshot %s at batch %d",
@@ -432,7 +564,7 @@ class Session:
             request.state_json = state
         else:
             request.state_json = json.dumps(dict(state or {}))
-        response = self._client._unary("Restore", request)
+        response = self._call("Restore", request)
         info = SessionInfo.from_proto(response.session)
         _LOGGER.info(
             "session %s: restored to batch %d from %s",
@@ -447,7 +579,7 @@ class Session:
     def list_snapshots(self) -> list[SnapshotInfo]:
         """Return the session's snapshots."""
         request = pb.ListSnapshotsRequest(session_id=self._id)
-        response = self._client._unary("ListSnapshots", request, SessionNotFound)
+        response = self._call("ListSnapshots", request, SessionNotFound)
         return [SnapshotInfo.from_proto(item) for item in response.snapshots]
 
     def close(self) -> Position:
@@ -461,7 +593,7 @@ class Session:
         for stream in self._open_streams():
             stream.close()
         request = pb.CloseSessionRequest(session_id=self._id)
-        response = self._client._unary("CloseSession", request, SessionNotFound)
+        response = self._call("CloseSession", request, SessionNotFound)
         position = Position.from_proto(response.position)
         _LOGGER.info("session %s: closed at batch %d", self._id, position.global_index)
         return position

@@ -12,8 +12,11 @@ __all__ = [
     "GmmServeClientError",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
     "SessionNotFound",
     "StreamInterrupted",
+    "Unauthenticated",
     "Unavailable",
     "from_rpc_error",
 ]
@@ -66,6 +69,22 @@ class Aborted(GmmServeClientError):
     """A stream ended because its session was restored or closed; open a new one."""
 
 
+class Unauthenticated(GmmServeClientError):
+    """The call carried no bearer token, or a malformed one."""
+
+
+class PermissionDenied(GmmServeClientError):
+    """The token is not valid for the session, or the call needs the operator token.
+
+    The server gives this status for an unknown session id too, so that a
+    caller without a valid token cannot tell which sessions exist.
+    """
+
+
+class ResourceExhausted(GmmServeClientError):
+    """A server limit was reached: open streams, sessions or snapshots."""
+
+
 class StreamInterrupted(Unavailable):
     """A batch stream could not be resumed within the reconnect policy's bounds."""
 
@@ -82,6 +101,9 @@ _CLASS_BY_CODE: dict[grpc.StatusCode, type[GmmServeClientError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 

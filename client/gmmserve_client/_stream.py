@@ -125,6 +125,7 @@ class BatchStream(Iterator[Batch]):
         ack: AckMode,
         reconnect: ReconnectPolicy,
         timeout_s: float | None = None,
+        takeover: bool = False,
     ) -> None:
         if start is not None and (isinstance(start, bool) or start < 0):
             raise ValueError(
@@ -151,6 +152,7 @@ class BatchStream(Iterator[Batch]):
         self._auto_ack = ack == "auto"
         self._reconnect = reconnect
         self._timeout_s = timeout_s
+        self._takeover = bool(takeover)
         self._assembler = PartAssembler()
         self._pending_bytes = 0
         self._connection: _Connection | None = None
@@ -326,15 +328,18 @@ class BatchStream(Iterator[Batch]):
             return False
         return position.global_index >= global_index
 
-    def _connect(self) -> _Connection:
+    def _connect(self, resuming: bool) -> _Connection:
         if self.last_received is not None:
             start: int | None = self.last_received + 1
         else:
             start = self._start
+        # A reconnect replaces this stream's own earlier call, which the
+        # server may still count as open, so it takes the session over.
         stream_start = pb.StreamStart(
             session_id=self.session_id,
             window=self._window,
             max_batches=self._remaining or 0,
+            takeover=self._takeover or resuming,
         )
         if start is not None:
             stream_start.start_global_index = start
@@ -342,7 +347,9 @@ class BatchStream(Iterator[Batch]):
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         first = pb.StreamBatchesRequest(start=stream_start)
         call = self._open_call(
-            _request_iterator(first, requests), timeout=self._timeout_s
+            _request_iterator(first, requests),
+            timeout=self._timeout_s,
+            metadata=self._session._metadata(),
         )
         _LOGGER.info(
             "session %s: stream opened at %s, window %d",
@@ -367,7 +374,7 @@ class BatchStream(Iterator[Batch]):
         failed_at: float | None = None
         while True:
             if self._connection is None:
-                self._connection = self._connect()
+                self._connection = self._connect(resuming=failures > 0)
             connection = self._connection
             try:
                 wire_bytes, response = next(connection.call)

@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,12 +32,17 @@ from gmmserve_client import (
 from rich.console import Console
 from rich.table import Table
 
+from gmmserve.service._arguments import (
+    OPERATOR_TOKEN_ENV,
+    add_server_arguments,
+    read_token_file,
+)
+
 __all__ = ["build_parser", "main"]
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_DATA_DIR = Path(".gmmserve-data")
 
 
 def _format_time(seconds: float) -> str:
@@ -119,24 +125,42 @@ def _snapshots_table(snapshots: Sequence[SnapshotInfo], title: str) -> Table:
 
 
 def _run_serve(args: argparse.Namespace, console: Console) -> int:
-    from gmmserve.service import serve
+    from gmmserve.service import serve_settings
+    from gmmserve.service._arguments import settings_from_arguments
     from gmmserve.state import atomic_write_json
 
+    settings = settings_from_arguments(args)
+
     def report_port(port: int) -> None:
-        console.print(f"gmmserve listening on {args.host}:{port}", highlight=False)
+        scheme = "TLS" if settings.tls else "plaintext"
+        console.print(
+            f"gmmserve listening on {args.host}:{port} ({scheme})", highlight=False
+        )
         if args.port_file is not None:
             atomic_write_json(args.port_file, {"port": port})
 
-    asyncio.run(
-        serve(
-            args.host,
-            args.port,
-            Path(args.data_dir),
-            grace_s=args.grace_s,
-            on_started=report_port,
-        )
-    )
+    asyncio.run(serve_settings(settings, on_started=report_port))
     return 0
+
+
+def _client_from_args(args: argparse.Namespace) -> Client:
+    """Build the Client of a ``sessions`` command from its flags."""
+    operator_token = None
+    if args.operator_token_file is not None:
+        operator_token = read_token_file(
+            args.operator_token_file, "--operator-token-file"
+        )
+    elif os.environ.get(OPERATOR_TOKEN_ENV):
+        operator_token = os.environ[OPERATOR_TOKEN_ENV]
+    return Client(
+        args.target,
+        timeout_s=args.timeout_s,
+        root_certificates=args.tls_ca,
+        certificate_chain=args.tls_cert,
+        private_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        operator_token=operator_token,
+    )
 
 
 def _print_json(value: object, console: Console) -> None:
@@ -151,7 +175,7 @@ def _print_json(value: object, console: Console) -> None:
 
 def _run_sessions(args: argparse.Namespace, console: Console) -> int:
     command = args.sessions_command
-    with Client(args.target, timeout_s=args.timeout_s) as client:
+    with _client_from_args(args) as client:
         if command == "list":
             sessions = client.list_sessions()
             if args.json:
@@ -161,7 +185,7 @@ def _run_sessions(args: argparse.Namespace, console: Console) -> int:
             return 0
         if command == "create":
             config = Path(args.config_file).read_text() if args.config_file else None
-            info = client.create_session(
+            created = client.create_session(
                 config,
                 experiment=args.experiment,
                 seed=args.seed,
@@ -169,14 +193,25 @@ def _run_sessions(args: argparse.Namespace, console: Console) -> int:
                 batch_size=args.batch_size,
                 samples_per_epoch=args.samples_per_epoch,
                 fixed_data=args.fixed_data,
-            ).info()
+            )
+            info = created.info()
             if args.json:
-                _print_json(info, console)
+                document = dataclasses.asdict(info)
+                document["session_token"] = created.token
+                print(json.dumps(document, indent=2), file=console.file)
             else:
                 console.print(_session_table(info))
+                # The token is shown once, like a password; the server can
+                # recompute it but never lists it.
+                console.print(f"session token: {created.token}", highlight=False)
             return 0
 
-        session = client.session(args.session_id)
+        token = None
+        if args.token_file is not None:
+            token = read_token_file(args.token_file, "--token-file")
+        elif args.token is not None:
+            token = args.token
+        session = client.session(args.session_id, token=token)
         if command == "get":
             info = session.info()
             if args.json:
@@ -245,6 +280,29 @@ def _run_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_client_access_arguments(parser: argparse.ArgumentParser) -> None:
+    access = parser.add_argument_group("access control and TLS")
+    access.add_argument(
+        "--operator-token-file",
+        help="file whose first line is the operator token (default: the "
+        "GMMSERVE_OPERATOR_TOKEN environment variable); needed by 'list' and "
+        "for sessions whose token is not given",
+    )
+    access.add_argument(
+        "--tls-ca",
+        help="PEM CA certificates that sign the server's certificate; enables TLS",
+    )
+    access.add_argument(
+        "--tls-cert", help="PEM client certificate chain, for mutual TLS"
+    )
+    access.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    access.add_argument(
+        "--tls-server-name",
+        help="host name to check the server certificate against, when it "
+        "differs from the host in --target",
+    )
+
+
 def _add_sessions_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
@@ -271,8 +329,18 @@ def _add_sessions_parser(
         parser.add_argument(
             "--json", action="store_true", help="print JSON instead of a table"
         )
+        _add_client_access_arguments(parser)
         if with_id:
             parser.add_argument("session_id", help="the session id")
+            tokens = parser.add_mutually_exclusive_group()
+            tokens.add_argument(
+                "--token",
+                help="the session token that 'sessions create' printed (visible "
+                "to other users in the process list; prefer --token-file)",
+            )
+            tokens.add_argument(
+                "--token-file", help="file whose first line is the session token"
+            )
         return parser
 
     add_action("list", "list every session", with_id=False)
@@ -324,31 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
-    )
-    serve.add_argument(
-        "--port",
-        type=int,
-        default=50051,
-        help="TCP port; 0 picks a free one (default 50051)",
-    )
-    serve.add_argument(
-        "--data-dir",
-        default=str(DEFAULT_DATA_DIR),
-        help=f"directory of the session store (default {DEFAULT_DATA_DIR})",
-    )
-    serve.add_argument(
-        "--grace-s",
-        type=float,
-        default=10.0,
-        help="seconds open calls get to finish after SIGTERM or SIGINT (default 10)",
-    )
-    serve.add_argument(
-        "--port-file",
-        help='JSON file that receives {"port": N} once the server accepts calls; '
-        "with --port 0 it reports the free port chosen",
-    )
+    add_server_arguments(serve)
 
     _add_sessions_parser(commands)
 

@@ -260,6 +260,7 @@ class _ConfigRun:
 
     name: str
     session_id: str
+    session_token: str | None
     snapshot_id: str
     snapshot_at: int
     snapshot_state: str
@@ -294,6 +295,7 @@ def _stream_before_kill(
     return _ConfigRun(
         name=name,
         session_id=session.id,
+        session_token=session.token,
         snapshot_id=snapshot.snapshot_id,
         snapshot_at=snapshot.position.global_index,
         snapshot_state=snapshot.state_json,
@@ -304,7 +306,9 @@ def _stream_before_kill(
 
 
 def _resume_after_restart(client: Client, run: _ConfigRun) -> None:
-    session = client.session(run.session_id)
+    # The restarted server shares the store and so its token secret, and
+    # accepts the token that the first server issued.
+    session = client.session(run.session_id, token=run.session_token)
     cursor = session.info().position.global_index
     if cursor != run.cursor_before_kill:
         run.problems.append(

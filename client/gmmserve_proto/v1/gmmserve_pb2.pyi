@@ -65,12 +65,14 @@ class CreateSessionRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
-    __slots__ = ("session", "existing")
+    __slots__ = ("session", "existing", "session_token")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     EXISTING_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session: SessionInfo
     existing: bool
-    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ..., existing: _Optional[bool] = ...) -> None: ...
+    session_token: str
+    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ..., existing: _Optional[bool] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -141,16 +143,18 @@ class BatchPart(_message.Message):
     def __init__(self, position: _Optional[_Union[Position, _Mapping]] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class StreamStart(_message.Message):
-    __slots__ = ("session_id", "start_global_index", "window", "max_batches")
+    __slots__ = ("session_id", "start_global_index", "window", "max_batches", "takeover")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     START_GLOBAL_INDEX_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    TAKEOVER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     start_global_index: int
     window: int
     max_batches: int
-    def __init__(self, session_id: _Optional[str] = ..., start_global_index: _Optional[int] = ..., window: _Optional[int] = ..., max_batches: _Optional[int] = ...) -> None: ...
+    takeover: bool
+    def __init__(self, session_id: _Optional[str] = ..., start_global_index: _Optional[int] = ..., window: _Optional[int] = ..., max_batches: _Optional[int] = ..., takeover: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("global_index",)

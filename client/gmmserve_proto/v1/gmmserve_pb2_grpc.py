@@ -116,13 +116,16 @@ class GmmServiceServicer:
         batches (batches the window still allows are sent
         first);
         CANCELLED           when the client cancels;
-        ABORTED             when the session is restored or closed while the
+        ABORTED             when the session is restored or closed, or a
+        StreamStart with takeover opens, while the
         stream is open; acks received after that no
         longer move the cursor;
         UNAVAILABLE         when the server shuts down; the message names the
         committed batch to resume at;
         RESOURCE_EXHAUSTED  when the server already has its maximum of open
-        streams.
+        streams;
+        FAILED_PRECONDITION when the session already has an open stream and
+        the StreamStart did not set takeover.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -19,6 +19,7 @@ from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gmmserve.service._auth import Authenticator
 from gmmserve.service._servicer import GmmServicer
 from gmmserve.service._sessions import SessionRegistry
 from gmmserve.service._settings import ServerSettings
@@ -32,14 +33,53 @@ _LOGGER = logging.getLogger(__name__)
 _DRAIN_AFTER_STREAMS_S = 1.0
 _POLL_S = 0.02
 
-_SERVER_OPTIONS = [
-    # A second server on a busy port fails to bind instead of sharing it.
-    ("grpc.so_reuseport", 0),
-    # Keepalive pings find clients that vanished without closing their
-    # connection, so their streams end and free their slots.
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-]
+# How often the idle-session sweep runs at most, in seconds.
+_MAX_SWEEP_INTERVAL_S = 30.0
+
+
+def _server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        # A second server on a busy port fails to bind instead of sharing it.
+        ("grpc.so_reuseport", 0),
+        # Keepalive pings find clients that vanished without closing their
+        # connection, so their streams end and free their slots.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Larger requests fail with RESOURCE_EXHAUSTED before they are parsed.
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+    ]
+
+
+def _read_pem(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise OSError(
+            f"cannot read {setting} {str(path)!r}: {error.strerror}"
+        ) from None
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """Return the TLS credentials of ``settings``, or None without TLS.
+
+    Raises
+    ------
+    OSError
+        When a certificate or key file cannot be read.
+    """
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    chain = _read_pem(settings.tls_cert, "tls_cert")
+    key = _read_pem(settings.tls_key, "tls_key")
+    client_ca = None
+    if settings.tls_client_ca is not None:
+        client_ca = _read_pem(settings.tls_client_ca, "tls_client_ca")
+    return grpc.ssl_server_credentials(
+        [(key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GmmService"].full_name
 
@@ -69,6 +109,7 @@ class GmmServer:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = False
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Open the store, bind and start serving; return the bound port.
@@ -79,14 +120,18 @@ class GmmServer:
             When the address cannot be bound.
         """
         settings = self.settings
+        credentials = server_credentials(settings)
         self._store = await SQLiteStore.open_in(settings.data_dir)
+        authenticator = await Authenticator.from_store(
+            self._store, settings.operator_token
+        )
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="gmmserve-batch"
         )
-        self.registry = SessionRegistry(self._store, settings.limits)
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self.registry = SessionRegistry(self._store, settings)
+        server = grpc.aio.server(options=_server_options(settings))
         pb_grpc.add_GmmServiceServicer_to_server(
-            GmmServicer(self.registry, settings, self._executor), server
+            GmmServicer(self.registry, settings, authenticator, self._executor), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -94,7 +139,10 @@ class GmmServer:
         )
         address = _address(settings.host, settings.port)
         try:
-            self.port = server.add_insecure_port(address)
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError as error:
             await self._store.close()
             raise OSError(f"failed to bind {address}: {error}") from None
@@ -105,12 +153,29 @@ class GmmServer:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._sweeper = asyncio.ensure_future(self._sweep_idle_sessions())
+        if settings.tls_client_ca is not None:
+            transport = "mutual TLS"
+        elif settings.tls:
+            transport = "TLS"
+        else:
+            transport = "plaintext"
         _LOGGER.info(
-            "gmmserve listening on %s with data in %s",
+            "gmmserve listening on %s (%s, operator token %s) with data in %s",
             _address(settings.host, self.port),
+            transport,
+            "set" if settings.operator_token else "unset",
             settings.data_dir,
         )
         return self.port
+
+    async def _sweep_idle_sessions(self) -> None:
+        assert self.registry is not None
+        timeout = self.settings.idle_timeout_s
+        interval = min(_MAX_SWEEP_INTERVAL_S, max(0.1, timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.registry.expire_idle()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop serving: end open streams with UNAVAILABLE, then close the store.
@@ -126,6 +191,8 @@ class GmmServer:
         self._stopped = True
         grace = self.settings.grace_s if grace_s is None else grace_s
         _LOGGER.info("gmmserve stopping with a grace period of %.1f s", grace)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         deadline = time.monotonic() + grace
         await self._health.enter_graceful_shutdown()
         stopping = asyncio.ensure_future(self._server.stop(grace))
@@ -264,6 +331,18 @@ class BackgroundServer:
 
         async def count() -> int:
             return registry.open_stream_count
+
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(timeout=10)
+
+    @property
+    def live_session_count(self) -> int:
+        """Sessions whose loader is in memory, read on the server's event loop."""
+        assert self._loop is not None and self._server is not None
+        registry = self._server.registry
+        assert registry is not None
+
+        async def count() -> int:
+            return registry.live_count
 
         return asyncio.run_coroutine_threadsafe(count(), self._loop).result(timeout=10)
 

@@ -11,9 +11,17 @@ from gmmserve_proto.v1 import gmmserve_pb2 as pb
 from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 
 from gmmserve.errors import ConfigError
+from gmmserve.service._auth import Authenticator
 from gmmserve.service._sessions import SessionRegistry
 from gmmserve.service._settings import ServerSettings
-from gmmserve.service._spec import check_id, normalize_spec, spec_message
+from gmmserve.service._spec import (
+    check_id,
+    check_label,
+    check_session_id,
+    check_snapshot_id,
+    normalize_spec,
+    spec_message,
+)
 from gmmserve.service._status import status_for, unary_errors
 from gmmserve.service._streaming import position_message, stream_batches
 from gmmserve.store import SessionRecord, SnapshotRecord
@@ -57,10 +65,16 @@ def snapshot_info(record: SnapshotRecord, batches_per_epoch: int) -> pb.Snapshot
 class GmmServicer(pb_grpc.GmmServiceServicer):
     """Serves GmmService from a session registry.
 
+    Every method checks its request fields, then the caller's token, before
+    it touches the store. A session id of the wrong form is therefore
+    INVALID_ARGUMENT, and a well-formed id without a valid token is
+    PERMISSION_DENIED whether or not the session exists.
+
     Parameters
     ----------
     registry : SessionRegistry
     settings : ServerSettings
+    authenticator : Authenticator
     executor : Executor
         Runs batch generation and encoding.
     """
@@ -69,11 +83,16 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
         self,
         registry: SessionRegistry,
         settings: ServerSettings,
+        authenticator: Authenticator,
         executor: concurrent.futures.Executor,
     ) -> None:
         self.registry = registry
         self.settings = settings
+        self.authenticator = authenticator
         self.executor = executor
+
+    def _authorize(self, context: grpc.aio.ServicerContext, session_id: str) -> str:
+        return self.authenticator.authorize_session(context, session_id)
 
     @unary_errors
     async def CreateSession(
@@ -84,13 +103,19 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
             request_id = check_id("request_id", request.request_id)
         spec = normalize_spec(request.spec, self.settings.limits)
         record, existing = await self.registry.create(spec, request_id)
-        return pb.CreateSessionResponse(session=session_info(record), existing=existing)
+        return pb.CreateSessionResponse(
+            session=session_info(record),
+            existing=existing,
+            session_token=self.authenticator.session_token(record.session_id),
+        )
 
     @unary_errors
     async def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.SessionInfo:
-        session_id = check_id("session_id", request.session_id)
+        session_id = check_session_id("session_id", request.session_id)
+        self._authorize(context, session_id)
+        self.registry.touch(session_id)
         return session_info(await self.registry.store.get_session(session_id))
 
     @unary_errors
@@ -100,7 +125,8 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = None
         if request.page_token:
-            after = check_id("page_token", request.page_token)
+            after = check_session_id("page_token", request.page_token)
+        self.authenticator.authorize_operator(context, "ListSessions")
         records = await self.registry.store.list_sessions(page_size, after)
         next_token = records[-1].session_id if len(records) == page_size else ""
         return pb.ListSessionsResponse(
@@ -112,7 +138,8 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CloseSessionResponse:
-        session_id = check_id("session_id", request.session_id)
+        session_id = check_session_id("session_id", request.session_id)
+        self._authorize(context, session_id)
         record = await self.registry.close(session_id)
         return pb.CloseSessionResponse(
             position=position_message(record.cursor, record.batches_per_epoch)
@@ -125,7 +152,12 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
     ) -> None:
         try:
             await stream_batches(
-                self.registry, self.settings, self.executor, request_iterator, context
+                self.registry,
+                self.settings,
+                self.authenticator,
+                self.executor,
+                request_iterator,
+                context,
             )
         except grpc.aio.AbortError:
             raise
@@ -137,25 +169,28 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
     async def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.SnapshotInfo:
-        session_id = check_id("session_id", request.session_id)
-        if len(request.label) > 256:
-            raise ConfigError(
-                "label",
-                f"has {len(request.label)} characters; accepted length is 0 to 256",
-            )
-        snapshot, record = await self.registry.snapshot(session_id, request.label)
+        session_id = check_session_id("session_id", request.session_id)
+        label = check_label(request.label)
+        self._authorize(context, session_id)
+        snapshot, record = await self.registry.snapshot(session_id, label)
         return snapshot_info(snapshot, record.batches_per_epoch)
 
     @unary_errors
     async def Restore(
         self, request: pb.RestoreRequest, context: grpc.aio.ServicerContext
     ) -> pb.RestoreResponse:
-        session_id = check_id("session_id", request.session_id)
+        session_id = check_session_id("session_id", request.session_id)
         source = request.WhichOneof("source")
         if source == "snapshot_id":
-            snapshot_id = check_id("snapshot_id", request.snapshot_id)
+            snapshot_id = check_snapshot_id("snapshot_id", request.snapshot_id)
+            self._authorize(context, session_id)
             record = await self.registry.restore(session_id, snapshot_id=snapshot_id)
         elif source == "state_json":
+            if not request.state_json:
+                raise ConfigError(
+                    "state_json", "is empty; pass a state document's JSON text"
+                )
+            self._authorize(context, session_id)
             record = await self.registry.restore(
                 session_id, state_json=request.state_json
             )
@@ -167,7 +202,9 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
     async def ListSnapshots(
         self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSnapshotsResponse:
-        session_id = check_id("session_id", request.session_id)
+        session_id = check_session_id("session_id", request.session_id)
+        self._authorize(context, session_id)
+        self.registry.touch(session_id)
         record = await self.registry.store.get_session(session_id)
         snapshots = await self.registry.store.list_snapshots(session_id)
         return pb.ListSnapshotsResponse(

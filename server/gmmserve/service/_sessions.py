@@ -8,6 +8,10 @@ cursor (acknowledgements, restores, closes) with one lock per session.
 A restore or close ends every open stream of the session with ABORTED, and
 shutdown ends them with UNAVAILABLE. A stream whose end was requested no
 longer moves the cursor, even for an acknowledgement already received.
+
+A session with no open stream and no call for ``idle_timeout_s`` leaves the
+cache (:meth:`SessionRegistry.expire_idle`); its row stays in the store,
+so the next call rebuilds the loader at the same cursor.
 """
 
 from __future__ import annotations
@@ -22,17 +26,18 @@ from typing import Any
 
 import grpc
 
-from gmmserve.config import Limits
-from gmmserve.errors import ConfigError
+from gmmserve.errors import ConfigError, NotFoundError
 from gmmserve.loader import GMMDataLoader
+from gmmserve.service._settings import ServerSettings
 from gmmserve.service._spec import (
     NormalizedSpec,
     build_loader,
     new_session_record,
     new_snapshot_id,
+    parse_json_object,
 )
 from gmmserve.service._status import StreamEndedError
-from gmmserve.state import parse_state_json
+from gmmserve.state import MAX_STATE_BYTES, parse_state_json
 from gmmserve.store import SessionRecord, SnapshotRecord, Store
 
 __all__ = ["LiveSession", "OpenStream", "SessionRegistry"]
@@ -54,9 +59,11 @@ class OpenStream:
         Set together with ``end_status`` so the stream's loop notices.
     """
 
-    def __init__(self, stream_id: int, session_id: str) -> None:
+    def __init__(self, stream_id: int, session_id: str, start: int, peer: str) -> None:
         self.stream_id = stream_id
         self.session_id = session_id
+        self.start = start
+        self.peer = peer
         self.end_status: tuple[grpc.StatusCode, str] | None = None
         self.wakeup = asyncio.Event()
 
@@ -75,6 +82,15 @@ class LiveSession:
     loader: GMMDataLoader
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     streams: set[OpenStream] = field(default_factory=set)
+    # Set whenever a stream of the session closes, for a StreamStart that
+    # waits for the previous stream to end.
+    stream_closed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # time.monotonic() of the last call that used the session.
+    last_used: float = field(default_factory=time.monotonic)
+
+    def running_streams(self) -> list[OpenStream]:
+        """Open streams whose end nobody has requested yet."""
+        return [stream for stream in self.streams if stream.end_status is None]
 
 
 class SessionRegistry:
@@ -83,17 +99,23 @@ class SessionRegistry:
     Parameters
     ----------
     store : Store
-    limits : Limits
+    settings : ServerSettings
+        Its limits, session and snapshot counts and idle timeout apply.
     """
 
-    def __init__(self, store: Store, limits: Limits) -> None:
+    def __init__(self, store: Store, settings: ServerSettings) -> None:
         self.store = store
-        self.limits = limits
+        self.settings = settings
+        self.limits = settings.limits
         self.shutting_down = False
-        # NOTE: entries leave this cache only when their session is closed,
-        # at a few KiB each (a loader and its config).
+        # Entries leave this cache when their session is closed or idle.
         self._live: dict[str, LiveSession] = {}
         self._next_stream_id = 1
+
+    @property
+    def live_count(self) -> int:
+        """Sessions whose loader is in memory."""
+        return len(self._live)
 
     @property
     def open_stream_count(self) -> int:
@@ -111,7 +133,9 @@ class SessionRegistry:
             When ``request_id`` was used before with another spec.
         """
         record = new_session_record(spec, request_id, self.limits)
-        stored, existing = await self.store.create_session(record)
+        stored, existing = await self.store.create_session(
+            record, max_sessions=self.settings.max_sessions
+        )
         if existing:
             if stored.spec_json != record.spec_json:
                 raise ConfigError(
@@ -149,21 +173,104 @@ class SessionRegistry:
             self._live[session_id] = live
         elif record.generation >= live.record.generation:
             live.record = record
+        live.last_used = time.monotonic()
         return live
 
-    def open_stream(self, live: LiveSession) -> OpenStream:
-        """Register a new stream of ``live``."""
+    def open_stream(self, live: LiveSession, start: int, peer: str) -> OpenStream:
+        """Register a new stream of ``live`` starting at global index ``start``."""
         if self.shutting_down:
             raise StreamEndedError(
                 grpc.StatusCode.UNAVAILABLE, "server shutting down; reconnect to resume"
             )
-        stream = OpenStream(self._next_stream_id, live.record.session_id)
+        stream = OpenStream(self._next_stream_id, live.record.session_id, start, peer)
         self._next_stream_id += 1
         live.streams.add(stream)
+        live.last_used = time.monotonic()
         return stream
 
-    def close_stream(self, live: LiveSession, stream: OpenStream) -> None:
+    async def close_stream(self, live: LiveSession, stream: OpenStream) -> None:
+        """Unregister ``stream`` and wake StreamStarts waiting for it to end."""
         live.streams.discard(stream)
+        live.last_used = time.monotonic()
+        async with live.stream_closed:
+            live.stream_closed.notify_all()
+
+    async def wait_for_streams_to_end(
+        self, live: LiveSession, timeout_s: float
+    ) -> bool:
+        """Wait up to ``timeout_s`` for the running streams of ``live`` to end.
+
+        Returns True when none is running. A client that closed its previous
+        stream a moment ago gets it ended here instead of a conflict error.
+        """
+
+        async def no_running_streams() -> None:
+            async with live.stream_closed:
+                await live.stream_closed.wait_for(lambda: not live.running_streams())
+
+        try:
+            await asyncio.wait_for(no_running_streams(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def take_over(self, live: LiveSession, stream_id: int) -> None:
+        """End the running streams of ``live`` with ABORTED for stream ``stream_id``.
+
+        Returns once an acknowledgement that an ended stream was persisting
+        has finished, so the cursor read afterwards is final.
+        """
+        session_id = live.record.session_id
+        async with live.lock:
+            for stream in live.running_streams():
+                stream.request_end(
+                    grpc.StatusCode.ABORTED,
+                    f"session {session_id} was taken over by stream {stream_id}, "
+                    "which a StreamStart with takeover opened; the committed "
+                    "cursor is at batch {{cursor}}",
+                )
+                _LOGGER.info(
+                    "session %s stream %d taken over by stream %d",
+                    session_id,
+                    stream.stream_id,
+                    stream_id,
+                )
+
+    def touch(self, session_id: str) -> None:
+        """Mark a cached session as used now, which delays its idle expiry."""
+        live = self._live.get(session_id)
+        if live is not None:
+            live.last_used = time.monotonic()
+
+    def new_stream_id(self) -> int:
+        """Return the next stream id, for log lines and messages."""
+        return self._next_stream_id
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Drop cached sessions idle for ``idle_timeout_s``; return their ids.
+
+        A session with an open stream or a held lock is never dropped. The
+        store keeps every dropped session, and the next call rebuilds its
+        loader from the stored row at the same cursor.
+        """
+        now = time.monotonic() if now is None else now
+        expired = []
+        for session_id, live in list(self._live.items()):
+            idle_s = now - live.last_used
+            if live.streams or live.lock.locked():
+                continue
+            if idle_s < self.settings.idle_timeout_s:
+                continue
+            del self._live[session_id]
+            expired.append(session_id)
+            _LOGGER.info(
+                "session %s expired after %.0f s idle; its loader was released and "
+                "its cursor at batch %d stays stored",
+                session_id,
+                idle_s,
+                live.record.cursor,
+            )
+        return expired
 
     async def acknowledge(
         self, live: LiveSession, stream: OpenStream, cursor: int
@@ -205,10 +312,12 @@ class SessionRegistry:
                 label=label,
                 cursor=record.cursor,
                 fingerprint=record.fingerprint,
-                state_json=json.dumps(document, sort_keys=True),
+                state_json=json.dumps(document, sort_keys=True, allow_nan=False),
                 created_at=time.time(),
             )
-            await self.store.put_snapshot(snapshot)
+            await self.store.put_snapshot(
+                snapshot, max_snapshots=self.settings.max_snapshots_per_session
+            )
         _LOGGER.info(
             "session %s snapshot %s saved at batch %d",
             session_id,
@@ -238,9 +347,15 @@ class SessionRegistry:
         live = await self.live(session_id)
         if snapshot_id is not None:
             source = f"snapshot {snapshot_id}"
-            text = (await self.store.get_snapshot(snapshot_id)).state_json
+            snapshot = await self.store.get_snapshot(snapshot_id)
+            if snapshot.session_id != session_id:
+                # The same message as for an unknown id, so a session's
+                # token reveals nothing about other sessions' snapshots.
+                raise NotFoundError(f"snapshot {snapshot_id!r} not found")
+            text = snapshot.state_json
         elif state_json is not None:
             source = "a state document"
+            parse_json_object("state_json", state_json, MAX_STATE_BYTES)
             text = state_json
         else:
             raise ConfigError("source", "is missing; set snapshot_id or state_json")

@@ -4,9 +4,11 @@
 error                          status code
 =============================  ===================
 ConfigError, StateError        INVALID_ARGUMENT
+NonFiniteValueError            INVALID_ARGUMENT
 StateMismatchError             FAILED_PRECONDITION
 NotFoundError                  NOT_FOUND
 CursorConflictError            ABORTED
+LimitExceededError             RESOURCE_EXHAUSTED
 StoreError                     UNAVAILABLE
 StreamEndedError               the code it carries
 anything else                  INTERNAL (logged)
@@ -29,7 +31,11 @@ from gmmserve.errors import (
     StateMismatchError,
     StoreError,
 )
-from gmmserve.store import CursorConflictError
+from gmmserve.store import (
+    CursorConflictError,
+    LimitExceededError,
+    NonFiniteValueError,
+)
 
 __all__ = ["StreamEndedError", "status_for", "unary_errors"]
 
@@ -40,7 +46,7 @@ _Response = TypeVar("_Response")
 
 
 class StreamEndedError(Exception):
-    """Ends an RPC with a chosen status code and message."""
+    """Ends an RPC, unary or streaming, with a chosen status code and message."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -58,8 +64,10 @@ def status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         return error.code, error.message
     if isinstance(error, StateMismatchError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
-    if isinstance(error, (ConfigError, StateError)):
+    if isinstance(error, (ConfigError, StateError, NonFiniteValueError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, LimitExceededError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, NotFoundError):
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, CursorConflictError):

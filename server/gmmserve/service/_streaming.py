@@ -23,9 +23,10 @@ from gmmserve.config import MAX_SEED
 from gmmserve.errors import ConfigError
 from gmmserve.generator import ARRAY_NAMES, fingerprint_arrays
 from gmmserve.loader import GMMDataLoader
+from gmmserve.service._auth import Authenticator
 from gmmserve.service._sessions import LiveSession, OpenStream, SessionRegistry
 from gmmserve.service._settings import ServerSettings
-from gmmserve.service._spec import check_id
+from gmmserve.service._spec import check_session_id
 from gmmserve.service._status import StreamEndedError
 
 __all__ = ["encode_batch", "stream_batches"]
@@ -33,6 +34,12 @@ __all__ = ["encode_batch", "stream_batches"]
 _LOGGER = logging.getLogger(__name__)
 
 _HALF_CLOSE = object()
+
+# How long a StreamStart without takeover waits for the session's open stream
+# to end before it fails. A client that closes a stream and opens the next
+# one at once races its own cancellation, which reaches the server a moment
+# later; this wait absorbs that.
+STREAM_CONFLICT_WAIT_S = 2.0
 
 
 def position_message(global_index: int, batches_per_epoch: int) -> pb.Position:
@@ -221,7 +228,7 @@ async def _read_requests(
 
 
 def _check_start(start: pb.StreamStart, settings: ServerSettings) -> tuple[int, int]:
-    check_id("start.session_id", start.session_id)
+    check_session_id("start.session_id", start.session_id)
     window = start.window or settings.default_window
     if window > settings.max_window:
         raise ConfigError(
@@ -266,9 +273,42 @@ def _outcome(error: BaseException) -> str:
     return type(error).__name__
 
 
+async def _claim_session(
+    registry: SessionRegistry, live: LiveSession, takeover: bool
+) -> None:
+    """Return once no other stream of ``live`` runs, ending them on takeover.
+
+    Raises
+    ------
+    StreamEndedError
+        FAILED_PRECONDITION naming the open stream, when another stream
+        still runs after the wait and ``takeover`` is false.
+    """
+    stream_id = registry.new_stream_id()
+    waited = False
+    # Each pass re-checks after its await, because another StreamStart of
+    # the same session may have registered meanwhile.
+    while running := live.running_streams():
+        if takeover:
+            await registry.take_over(live, stream_id)
+        elif not waited:
+            await registry.wait_for_streams_to_end(live, STREAM_CONFLICT_WAIT_S)
+            waited = True
+        else:
+            other = min(running, key=lambda stream: stream.stream_id)
+            raise StreamEndedError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"session {live.record.session_id} already has open stream "
+                f"{other.stream_id} (started at batch {other.start}, peer "
+                f"{other.peer}); close it first, or set takeover=true in "
+                "StreamStart to end it with ABORTED and start this one",
+            )
+
+
 async def stream_batches(
     registry: SessionRegistry,
     settings: ServerSettings,
+    authenticator: Authenticator,
     executor: concurrent.futures.Executor,
     requests: AsyncIterator[pb.StreamBatchesRequest],
     context: grpc.aio.ServicerContext,
@@ -276,32 +316,38 @@ async def stream_batches(
     """Serve one StreamBatches call; errors propagate for the caller to map."""
     start_request = await _read_start(requests)
     window, max_batches = _check_start(start_request, settings)
+    authenticator.authorize_session(
+        context, start_request.session_id, allow_operator=False
+    )
     if registry.open_stream_count >= settings.max_streams:
         raise StreamEndedError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the server has {settings.max_streams} open streams, its limit; "
-            "retry later",
+            f"the server has {settings.max_streams} open streams, its limit of "
+            "max_streams; retry later",
         )
 
     live = await registry.live(start_request.session_id)
-    handle = registry.open_stream(live)
+    await _claim_session(registry, live, start_request.takeover)
     session_id = live.record.session_id
     if start_request.HasField("start_global_index"):
         start = start_request.start_global_index
     else:
         start = live.record.cursor
+    handle = registry.open_stream(live, start, context.peer())
     stream = _BatchStream(
         registry, settings, executor, live, handle, start, window, max_batches
     )
     reader = asyncio.ensure_future(_read_requests(requests, stream.requests))
     _LOGGER.info(
-        "session %s stream %d opened at batch %d, window %d, max_batches %d, peer %s",
+        "session %s stream %d opened at batch %d, window %d, max_batches %d, "
+        "takeover %s, peer %s",
         session_id,
         handle.stream_id,
         start,
         window,
         max_batches,
-        context.peer(),
+        start_request.takeover,
+        handle.peer,
     )
 
     outcome = grpc.StatusCode.OK.name
@@ -312,7 +358,7 @@ async def stream_batches(
         raise
     finally:
         reader.cancel()
-        registry.close_stream(live, handle)
+        await registry.close_stream(live, handle)
         _LOGGER.info(
             "session %s stream %d closed (%s): %d batches sent, %d acknowledged, "
             "cursor at batch %d",

@@ -6,16 +6,26 @@ default, a single SQLite file in WAL mode.
 
 from gmmserve.store._base import (
     CursorConflictError,
+    LimitExceededError,
+    NonFiniteValueError,
     SessionRecord,
     SnapshotRecord,
     Store,
+    loads_finite,
+    require_finite_json,
+    require_finite_number,
 )
 from gmmserve.store.sqlite import SQLiteStore
 
 __all__ = [
     "CursorConflictError",
+    "LimitExceededError",
+    "NonFiniteValueError",
     "SQLiteStore",
     "SessionRecord",
     "SnapshotRecord",
     "Store",
+    "loads_finite",
+    "require_finite_json",
+    "require_finite_number",
 ]

@@ -14,20 +14,78 @@ session against concurrent writers.
 from __future__ import annotations
 
 import abc
+import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gmmserve.errors import StoreError
 
 __all__ = [
     "CursorConflictError",
+    "LimitExceededError",
+    "NonFiniteValueError",
     "SessionRecord",
     "SnapshotRecord",
     "Store",
+    "loads_finite",
+    "require_finite_json",
+    "require_finite_number",
 ]
 
 
 class CursorConflictError(StoreError):
     """A compare-and-set cursor write found another generation than expected."""
+
+
+class LimitExceededError(Exception):
+    """A write would exceed a configured count, such as the stored sessions."""
+
+
+class NonFiniteValueError(ValueError):
+    """A value to be stored is NaN or infinite, or JSON text contains one."""
+
+
+def _reject_constant(name: str) -> float:
+    raise NonFiniteValueError(f"{name} is not a finite number")
+
+
+def _reject_non_finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteValueError(f"{text} overflows to {value}")
+    return value
+
+
+def loads_finite(text: str) -> Any:
+    """Parse JSON text, raising NonFiniteValueError for NaN or an infinity.
+
+    Numbers such as ``1e400`` that overflow a float count as infinite.
+    Malformed text raises ValueError (JSONDecodeError), and nesting deeper
+    than the interpreter's recursion limit raises RecursionError.
+    """
+    return json.loads(
+        text, parse_constant=_reject_constant, parse_float=_reject_non_finite_float
+    )
+
+
+def require_finite_json(field: str, text: str) -> None:
+    """Raise NonFiniteValueError when JSON text is malformed or not finite."""
+    try:
+        loads_finite(text)
+    except NonFiniteValueError as error:
+        raise NonFiniteValueError(
+            f"{field}: {error}; stored values must be finite"
+        ) from None
+    except (ValueError, RecursionError) as error:
+        raise NonFiniteValueError(f"{field} is not valid JSON: {error}") from None
+
+
+def require_finite_number(field: str, value: float) -> None:
+    """Raise NonFiniteValueError when ``value`` is NaN or infinite."""
+    if not math.isfinite(value):
+        raise NonFiniteValueError(f"{field} is {value}; stored values must be finite")
 
 
 @dataclass(frozen=True)
@@ -103,11 +161,19 @@ class Store(abc.ABC):
 
     Lookups of unknown ids raise :class:`gmmserve.errors.NotFoundError`, and
     failures of the storage itself raise :class:`gmmserve.errors.StoreError`.
+    Every write checks its values with :func:`require_finite_json` and
+    :func:`require_finite_number` first, so NaN and infinities never reach
+    the storage.
     """
 
     @abc.abstractmethod
-    async def create_session(self, record: SessionRecord) -> tuple[SessionRecord, bool]:
+    async def create_session(
+        self, record: SessionRecord, max_sessions: int | None = None
+    ) -> tuple[SessionRecord, bool]:
         """Insert a session unless its request id is already taken.
+
+        Raises LimitExceededError, inserting nothing, when the store already
+        holds ``max_sessions`` sessions (None sets no limit).
 
         Returns
         -------
@@ -153,11 +219,27 @@ class Store(abc.ABC):
         """Delete a session and its snapshots; return the deleted record."""
 
     @abc.abstractmethod
-    async def put_snapshot(self, record: SnapshotRecord) -> None:
+    async def put_snapshot(
+        self, record: SnapshotRecord, max_snapshots: int | None = None
+    ) -> None:
         """Insert a snapshot in one transaction.
 
         A crash during the write leaves every earlier snapshot readable and
-        this one absent. Raises NotFoundError when the session is unknown.
+        this one absent. Raises NotFoundError when the session is unknown,
+        and LimitExceededError when the session already has
+        ``max_snapshots`` snapshots (None sets no limit).
+        """
+
+    @abc.abstractmethod
+    async def count_sessions(self) -> int:
+        """Return the number of stored sessions."""
+
+    @abc.abstractmethod
+    async def get_or_create_secret(self, name: str, create: Callable[[], str]) -> str:
+        """Return the secret stored under ``name``, storing ``create()`` first.
+
+        The first caller's value wins, so every process sharing the store
+        reads the same secret.
         """
 
     @abc.abstractmethod

@@ -30,9 +30,12 @@ from typing import Any, TypeVar
 from gmmserve.errors import NotFoundError, StoreError
 from gmmserve.store._base import (
     CursorConflictError,
+    LimitExceededError,
     SessionRecord,
     SnapshotRecord,
     Store,
+    require_finite_json,
+    require_finite_number,
 )
 
 __all__ = ["DATABASE_NAME", "SNAPSHOT_PAUSE_ENV", "SQLiteStore"]
@@ -73,6 +76,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_session ON snapshots (session_id, created_at);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 _SESSION_COLUMNS = (
@@ -84,6 +91,8 @@ _SNAPSHOT_COLUMNS = (
 )
 
 _T = TypeVar("_T")
+
+_MAX_SQLITE_INTEGER = 2**63 - 1
 
 
 class SQLiteStore(Store):
@@ -130,7 +139,12 @@ class SQLiteStore(Store):
             ) from error
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The database holds the token secret, so a new directory and file
+        # are readable by their owner only. An existing directory keeps its
+        # mode, which the operator chose.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.touch(mode=0o600)
         # isolation_level=None leaves transactions to the explicit BEGIN below.
         connection = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         connection.execute("PRAGMA journal_mode=WAL")
@@ -156,10 +170,15 @@ class SQLiteStore(Store):
 
     # Sessions.
 
-    async def create_session(self, record: SessionRecord) -> tuple[SessionRecord, bool]:
-        return await self._run(self._create_session, record)
+    async def create_session(
+        self, record: SessionRecord, max_sessions: int | None = None
+    ) -> tuple[SessionRecord, bool]:
+        _check_session(record)
+        return await self._run(self._create_session, record, max_sessions)
 
-    def _create_session(self, record: SessionRecord) -> tuple[SessionRecord, bool]:
+    def _create_session(
+        self, record: SessionRecord, max_sessions: int | None
+    ) -> tuple[SessionRecord, bool]:
         with self._transaction() as connection:
             if record.request_id is not None:
                 row = connection.execute(
@@ -168,6 +187,15 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row is not None:
                     return _session_from_row(row), True
+            if max_sessions is not None:
+                (count,) = connection.execute(
+                    "SELECT COUNT(*) FROM sessions"
+                ).fetchone()
+                if count >= max_sessions:
+                    raise LimitExceededError(
+                        f"the store holds {count} sessions, the limit of "
+                        f"max_sessions={max_sessions}; close unused sessions"
+                    )
             connection.execute(
                 f"INSERT INTO sessions ({_SESSION_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -180,6 +208,30 @@ class SQLiteStore(Store):
 
     def _get_session(self, session_id: str) -> SessionRecord:
         return _fetch_session(self._require_connection(), session_id)
+
+    async def count_sessions(self) -> int:
+        return await self._run(self._count_sessions)
+
+    def _count_sessions(self) -> int:
+        connection = self._require_connection()
+        (count,) = connection.execute("SELECT COUNT(*) FROM sessions").fetchone()
+        return int(count)
+
+    async def get_or_create_secret(self, name: str, create: Callable[[], str]) -> str:
+        return await self._run(self._get_or_create_secret, name, create)
+
+    def _get_or_create_secret(self, name: str, create: Callable[[], str]) -> str:
+        with self._transaction() as connection:
+            row = connection.execute(
+                "SELECT value FROM secrets WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            value = create()
+            connection.execute(
+                "INSERT INTO secrets (name, value) VALUES (?, ?)", (name, value)
+            )
+        return value
 
     async def list_sessions(
         self, page_size: int, after: str | None = None
@@ -198,6 +250,13 @@ class SQLiteStore(Store):
     async def set_cursor(
         self, session_id: str, cursor: int, expected_generation: int | None = None
     ) -> SessionRecord:
+        if isinstance(cursor, bool) or not isinstance(cursor, int):
+            raise TypeError(f"cursor must be an int, got {type(cursor).__name__}")
+        if not 0 <= cursor <= _MAX_SQLITE_INTEGER:
+            raise ValueError(
+                f"cursor {cursor} is out of range; accepted range is "
+                f"[0, {_MAX_SQLITE_INTEGER}]"
+            )
         return await self._run(
             self._set_cursor, session_id, cursor, expected_generation
         )
@@ -240,16 +299,31 @@ class SQLiteStore(Store):
 
     # Snapshots.
 
-    async def put_snapshot(self, record: SnapshotRecord) -> None:
-        await self._run(self._put_snapshot, record)
+    async def put_snapshot(
+        self, record: SnapshotRecord, max_snapshots: int | None = None
+    ) -> None:
+        require_finite_json("snapshot state_json", record.state_json)
+        require_finite_number("snapshot created_at", record.created_at)
+        await self._run(self._put_snapshot, record, max_snapshots)
 
-    def _put_snapshot(self, record: SnapshotRecord) -> None:
+    def _put_snapshot(self, record: SnapshotRecord, max_snapshots: int | None) -> None:
         with self._transaction() as connection:
             found = connection.execute(
                 "SELECT 1 FROM sessions WHERE session_id = ?", (record.session_id,)
             ).fetchone()
             if found is None:
                 raise NotFoundError(f"session {record.session_id!r} not found")
+            if max_snapshots is not None:
+                (count,) = connection.execute(
+                    "SELECT COUNT(*) FROM snapshots WHERE session_id = ?",
+                    (record.session_id,),
+                ).fetchone()
+                if count >= max_snapshots:
+                    raise LimitExceededError(
+                        f"session {record.session_id} has {count} snapshots, the "
+                        f"limit of max_snapshots_per_session={max_snapshots}; "
+                        "restore or close the session, or start a new one"
+                    )
             connection.execute(
                 f"INSERT INTO snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -308,6 +382,13 @@ class SQLiteStore(Store):
         if self._connection is None:
             raise StoreError(f"SQLite store {str(self.path)!r} is closed")
         return self._connection
+
+
+def _check_session(record: SessionRecord) -> None:
+    require_finite_json("session spec_json", record.spec_json)
+    require_finite_json("session resolved_config_json", record.resolved_config_json)
+    require_finite_number("session created_at", record.created_at)
+    require_finite_number("session updated_at", record.updated_at)
 
 
 def _session_to_row(record: SessionRecord) -> tuple[Any, ...]:
