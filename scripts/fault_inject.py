@@ -102,6 +102,7 @@ class TrainerSettings:
     max_seconds: float
     consumed_log: str
     stop_file: str
+    unexpected_log: str
 
 
 def read_consumed(path: Path) -> list[tuple[int, str]]:
@@ -202,7 +203,7 @@ def run_trainer(settings: TrainerSettings) -> int:
                         # The training step a real trainer spends on the batch.
                         time.sleep(settings.step_s)
                         if next_index % settings.snapshot_every == 0:
-                            _take_snapshot(session, retryable)
+                            _take_snapshot(session, retryable, settings)
                         if stop_file.exists() or next_index >= settings.max_batches:
                             break
                         if cancel_requested.is_set():
@@ -229,11 +230,22 @@ def run_trainer(settings: TrainerSettings) -> int:
     return 0
 
 
-def _take_snapshot(session: Any, retryable: tuple[type[Exception], ...]) -> None:
+def _take_snapshot(
+    session: Any, retryable: tuple[type[Exception], ...], settings: TrainerSettings
+) -> None:
+    """Take a snapshot; record a CANCELLED status, which the contract omits."""
+    from gmmserve_client import GmmServeClientError
+
     try:
         session.snapshot(label="trainer")
     except retryable as error:
         _LOGGER.warning("session %s: snapshot failed: %s", session.id, error)
+    except GmmServeClientError as error:
+        if error.code is None or error.code.name != "CANCELLED":
+            raise
+        _LOGGER.warning("session %s: snapshot ended with %s", session.id, error)
+        with open(settings.unexpected_log, "a", encoding="utf-8") as log:
+            log.write(f"Snapshot ended with {error}\n")
 
 
 # Orchestrator.
@@ -364,6 +376,9 @@ class Report:
     fingerprint_mismatches: int = 0
     snapshot_checks: int = 0
     failures: list[str] = field(default_factory=list)
+    # Statuses outside the RPC contract that the trainer survived; they are
+    # reported but do not fail the run.
+    unexpected_statuses: list[str] = field(default_factory=list)
     server_starts: int = 0
     trainer_starts: int = 0
     wall_time_s: float = 0.0
@@ -454,6 +469,7 @@ class FaultRun:
 
         self.consumed_log = work_dir / "consumed.log"
         self.stop_file = work_dir / "stop"
+        self.unexpected_log = work_dir / "unexpected.log"
         settings = TrainerSettings(
             target=self.server.target,
             config_json=json.dumps(config),
@@ -467,6 +483,7 @@ class FaultRun:
             max_seconds=max_seconds + 120,
             consumed_log=str(self.consumed_log),
             stop_file=str(self.stop_file),
+            unexpected_log=str(self.unexpected_log),
         )
         settings_path = work_dir / "trainer.json"
         settings_path.write_text(json.dumps(asdict(settings)))
@@ -537,6 +554,9 @@ class FaultRun:
             self.trainer.kill()
             self.server.kill()
         self._verify()
+        if self.unexpected_log.exists():
+            lines = self.unexpected_log.read_text().splitlines()
+            self.report.unexpected_statuses = lines
         self.report.server_starts = self.server.starts
         self.report.trainer_starts = self.trainer.starts
         self.report.wall_time_s = time.monotonic() - started
@@ -720,6 +740,8 @@ def print_report(report: Report) -> None:
     print(f"server starts: {report.server_starts}")
     print(f"trainer starts: {report.trainer_starts}")
     print(f"wall time: {report.wall_time_s:.1f} s")
+    for status in report.unexpected_statuses:
+        print(f"unexpected status (the trainer continued): {status}")
     for failure in report.failures:
         print(f"FAILURE: {failure}")
     print("result: " + ("OK" if report.ok else "FAILED"))
