@@ -246,6 +246,26 @@ def wait_for_cursor(
     return cursor
 
 
+def wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> None:
+    """Wait up to 60 s for a server process to write ``path``.
+
+    Raises
+    ------
+    RuntimeError
+        When the process exits first.
+    TimeoutError
+        When 60 s pass.
+    """
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early with status {process.returncode}")
+        time.sleep(0.05)
+    raise TimeoutError(f"server did not write {path} within 60 s")
+
+
 class ServerProcess:
     """``python -m gmmserve.service`` on 127.0.0.1, port 0, in a subprocess.
 
