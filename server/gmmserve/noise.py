@@ -82,7 +82,7 @@ _SOBOL_LOG2_POINTS = (8, 13)
 _SOBOL_SEED = 0x6D695F736F626F6C
 
 _COARSE_ITERATIONS = 60
-_FINE_ITERATIONS = 4
+_FINE_ITERATIONS = 8
 # Largest Newton step in log sigma.
 _MAX_STEP = 3.0
 _LOG_SIGMA_RANGE = 50.0
@@ -198,12 +198,29 @@ def _reduce_rank(means: FloatArray) -> FloatArray:
     return np.matmul(offsets, basis)
 
 
+class _Workspace:
+    """Two flat work buffers of _WORK_ELEMENTS float64, reused by every call.
+
+    Allocating arrays of this size anew on each evaluation costs page
+    faults that take longer than the arithmetic.
+    """
+
+    def __init__(self) -> None:
+        self._first = np.empty(_WORK_ELEMENTS)
+        self._second = np.empty(_WORK_ELEMENTS)
+
+    def views(self, shape: tuple[int, ...]) -> tuple[FloatArray, FloatArray]:
+        size = math.prod(shape)
+        return self._first[:size].reshape(shape), self._second[:size].reshape(shape)
+
+
 class _Geometry:
     """Sigma-free parts of the MI integrand for a group of mixtures.
 
     Holds the log weights, |d_kj|^2 / 2 and the projections of the centers
     on a rule's nodes. Work arrays are laid out as (b, j, k, n) so that
-    reductions over j run on contiguous blocks.
+    reductions over j run on contiguous blocks, and the nodes are split
+    into blocks that keep one work array within _WORK_ELEMENTS.
     """
 
     def __init__(self, weights: FloatArray, coords: FloatArray, rule: _Rule) -> None:
@@ -215,42 +232,50 @@ class _Geometry:
         diff = coords[:, None, :, :] - coords[:, :, None, :]
         self.half_squared = 0.5 * np.einsum("bjkd,bjkd->bjk", diff, diff)[..., None]
         self.projected = np.matmul(coords, rule.nodes.T)
-        shape = (len(weights), weights.shape[1], weights.shape[1], len(rule.weights))
-        # Work buffers reused by every evaluation: allocating arrays of this
-        # size anew costs page faults on each call.
-        self._dot = np.empty(shape)
-        self._work = np.empty(shape)
+        clusters = weights.shape[1]
+        nodes = len(rule.weights)
+        block = max(1, min(nodes, _WORK_ELEMENTS // (len(weights) * clusters * clusters)))
+        self.blocks = [slice(start, min(start + block, nodes)) for start in range(0, nodes, block)]
 
     def evaluate(
-        self, sigma: FloatArray, derivative: bool
+        self, sigma: FloatArray, derivative: bool, workspace: _Workspace
     ) -> tuple[FloatArray, FloatArray | None]:
         """Return the MI estimate and, if asked, d MI / d log sigma."""
         inverse = (1.0 / sigma)[:, None, None, None]
         scaled = self.half_squared * (inverse * inverse)
-        # dot[b, j, k, n] = d_kj . e_n / sigma with d_kj = m_k - m_j.
-        dot = np.subtract(
-            self.projected[:, None, :, :], self.projected[:, :, None, :], out=self._dot
-        )
-        dot *= inverse
-        logits = np.subtract(self.log_weights - scaled, dot, out=self._work)
-        peak = logits.max(axis=1, keepdims=True)
-        shifted = np.subtract(logits, peak, out=logits)
-        # Terms below e^-600 of the peak change no float64 sum; clamping them
-        # avoids subnormal numbers, whose arithmetic is many times slower.
-        np.maximum(shifted, _LOG_FLOOR, out=shifted)
-        np.exp(shifted, out=shifted)
-        total = shifted.sum(axis=1)
-        per_node = peak[:, 0] + np.log(total)
-        node_weights = self.rule.weights
-        mi = -np.einsum("bk,bkn,n->b", self.weights, per_node, node_weights)
+        base = self.log_weights - scaled
+        batch, clusters = self.weights.shape
+        per_cluster = np.zeros((batch, clusters))
+        per_cluster_slope = np.zeros((batch, clusters))
+        for block in self.blocks:
+            projected = self.projected[:, :, block]
+            shape = (batch, clusters, clusters, projected.shape[2])
+            dot, logits = workspace.views(shape)
+            # dot[b, j, k, n] = d_kj . e_n / sigma with d_kj = m_k - m_j.
+            np.subtract(projected[:, None, :, :], projected[:, :, None, :], out=dot)
+            dot *= inverse
+            np.subtract(base, dot, out=logits)
+            peak = logits.max(axis=1, keepdims=True)
+            shifted = np.subtract(logits, peak, out=logits)
+            # Terms below e^-600 of the peak change no float64 sum; clamping
+            # them avoids subnormal numbers, whose arithmetic is many times
+            # slower.
+            np.maximum(shifted, _LOG_FLOOR, out=shifted)
+            np.exp(shifted, out=shifted)
+            total = shifted.sum(axis=1)
+            per_node = peak[:, 0] + np.log(total)
+            node_weights = self.rule.weights[block]
+            per_cluster += per_node @ node_weights
+            if derivative:
+                # d logit_kj / d log sigma = |d_kj|^2 / sigma^2 + d_kj . e / sigma.
+                dot += 2.0 * scaled
+                dot *= shifted
+                mean_slope = dot.sum(axis=1) / total
+                per_cluster_slope += mean_slope @ node_weights
+        mi = -(self.weights * per_cluster).sum(axis=1)
         if not derivative:
             return mi, None
-        # d logit_kj / d log sigma = |d_kj|^2 / sigma^2 + d_kj . e / sigma.
-        dot += 2.0 * scaled
-        dot *= shifted
-        mean_slope = dot.sum(axis=1) / total
-        dmi = -np.einsum("bk,bkn,n->b", self.weights, mean_slope, node_weights)
-        return mi, dmi
+        return mi, -(self.weights * per_cluster_slope).sum(axis=1)
 
 
 class _Estimator:
@@ -261,7 +286,9 @@ class _Estimator:
     arithmetic is independent of the others.
     """
 
-    def __init__(self, weights: FloatArray, coords: FloatArray, fine: bool) -> None:
+    def __init__(
+        self, weights: FloatArray, coords: FloatArray, fine: bool, workspace: _Workspace
+    ) -> None:
         rule = _rule(coords.shape[2], fine)
         clusters = weights.shape[1]
         size = max(1, _WORK_ELEMENTS // (clusters * clusters * len(rule.weights)))
@@ -273,6 +300,7 @@ class _Estimator:
             _Geometry(weights[group], coords[group], rule) for group in self.groups
         ]
         self.size = len(weights)
+        self.workspace = workspace
 
     def __call__(
         self, sigma: FloatArray, derivative: bool = True
@@ -281,7 +309,9 @@ class _Estimator:
         mi = np.empty(self.size)
         slope = np.full(self.size, np.nan)
         for group, geometry in zip(self.groups, self.geometries):
-            mi[group], group_slope = geometry.evaluate(sigma[group], derivative)
+            mi[group], group_slope = geometry.evaluate(
+                sigma[group], derivative, self.workspace
+            )
             if group_slope is not None:
                 slope[group] = group_slope
         return mi, slope
@@ -309,7 +339,7 @@ def mutual_information(
     live = solvable(weights, means)
     if live.any():
         coords = _reduce_rank(means[live])
-        estimator = _Estimator(weights[live], coords, fine=True)
+        estimator = _Estimator(weights[live], coords, True, _Workspace())
         mi, _ = estimator(sigma[live], derivative=False)
         result[live] = np.clip(mi, 0.0, entropy(weights[live]))
     return result
@@ -469,16 +499,19 @@ class _Residual:
         self.coords = coords
         self.h = h
         self.goal = np.log(target) - np.log(h - target)
+        self.workspace = _Workspace()
 
     def __call__(
-        self, t: FloatArray, items: NDArray[np.intp], fine: bool
+        self, t: FloatArray, items: NDArray[np.intp], fine: bool, derivative: bool = True
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Return phi, d phi / dt and MI at sigma = e^t for ``items``.
+        """Return phi, d phi / dt (NaN unless asked) and MI at e^t for ``items``.
 
         ``t`` holds one value per listed item.
         """
-        estimator = _Estimator(self.weights[items], self.coords[items], fine)
-        mi, dmi = estimator(np.exp(t))
+        estimator = _Estimator(
+            self.weights[items], self.coords[items], fine, self.workspace
+        )
+        mi, dmi = estimator(np.exp(t), derivative)
         h = self.h[items]
         bounded = np.clip(mi, 1e-300, h * (1.0 - 1e-15))
         phi = np.log(bounded) - np.log(h - bounded) - self.goal[items]
@@ -510,15 +543,16 @@ def _solve(
     scale = 0.5 * np.log(s2)
     low = scale - _LOG_SIGMA_RANGE
     high = scale + _LOG_SIGMA_RANGE
-    t, _ = _newton(
+    t, _, _ = _newton(
         residual, np.clip(guess, low, high), low, high, target,
         fine=False, iterations=_COARSE_ITERATIONS, tolerance=_COARSE_TOLERANCE,
     )
     # The fine root lies close to the coarse one; a bracket of a factor e
     # either way only stops a runaway step.
-    t, mi = _newton(
+    t, mi, _ = _newton(
         residual, t, t - 1.0, t + 1.0, target,
         fine=True, iterations=_FINE_ITERATIONS, tolerance=_FINE_TOLERANCE,
+        second_without_slope=True,
     )
     return np.exp(t), mi
 
@@ -532,8 +566,9 @@ def _newton(
     fine: bool,
     iterations: int,
     tolerance: float,
-) -> tuple[FloatArray, FloatArray]:
-    """Run safeguarded Newton steps on phi; return t and the MI estimate at t.
+    second_without_slope: bool = False,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Run safeguarded Newton steps on phi; return t, MI and d phi / dt at t.
 
     Each evaluation narrows the bracket (low, high) of the root. A step
     longer than _MAX_STEP is cut to that length, and a step that leaves the
@@ -542,20 +577,31 @@ def _newton(
     still moving are evaluated, so an item's result does not depend on the
     other items. An item that has not converged after ``iterations``
     evaluations keeps its last t. Every item's last evaluation is at its
-    returned t, so the returned MI is the estimate there.
+    returned t, so the returned MI is the value there.
+
+    With ``second_without_slope``, the second evaluation skips the slope
+    and the step after it reuses the first one. That suits a start within a
+    fraction of a percent of the root: one Newton step converges most items,
+    so the second evaluation mostly only confirms it. The returned slope is
+    the last one computed.
     """
     t = t.copy()
     estimate = np.empty(len(t))
+    slope = np.empty(len(t))
     low = low.copy()
     high = high.copy()
     active = np.arange(len(t))
     for iteration in range(iterations):
-        phi, dphi, mi = residual(t[active], active, fine)
+        derivative = iteration != 1 or not second_without_slope
+        phi, dphi, mi = residual(t[active], active, fine, derivative)
         estimate[active] = mi
+        if derivative:
+            slope[active] = dphi
         moving = np.abs(mi - target[active]) > tolerance * target[active]
         if not moving.any() or iteration == iterations - 1:
             break
-        active, phi, dphi = active[moving], phi[moving], dphi[moving]
+        active, phi = active[moving], phi[moving]
+        dphi = slope[active]
         position = t[active]
         low[active] = np.where(phi > 0, position, low[active])
         high[active] = np.where(phi > 0, high[active], position)
@@ -567,4 +613,4 @@ def _newton(
             np.isfinite(newton) & (dphi < 0) & (newton > bracket_low) & (newton < bracket_high)
         )
         t[active] = np.where(usable, newton, 0.5 * (bracket_low + bracket_high))
-    return t, estimate
+    return t, estimate, slope
