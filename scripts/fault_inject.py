@@ -185,8 +185,11 @@ def run_trainer(settings: TrainerSettings) -> int:
                 )
                 return 4
             try:
+                # The trainer's own earlier stream may still be open on the
+                # server (after a kill or a cancel), so it takes the session
+                # over instead of waiting for FAILED_PRECONDITION.
                 with session.batches(
-                    start=next_index, window=settings.window
+                    start=next_index, window=settings.window, takeover=True
                 ) as stream:
                     for batch in stream:
                         if batch.global_index != next_index:

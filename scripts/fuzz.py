@@ -547,6 +547,9 @@ def _describe(error: BaseException) -> str:
 # Real RPCs against a loopback server.
 
 
+# The operator token of the fuzzed server, which only listens on 127.0.0.1.
+FUZZ_OPERATOR_TOKEN = "fuzz-operator-token"
+
 # (batch_size, samples_per_epoch) of the sessions whose state documents are
 # mutated: a short epoch, and the longest epoch a spec accepts.
 WIDE_AND_SMALL = ((3, 10), (1, 2**53 - 1))
@@ -588,17 +591,27 @@ def rpc_outcome(call: Callable[[], Any], name: str) -> bool:
 
 
 class RpcFuzzer:
-    """Sends random requests to a server through one client.
+    """Sends random requests to a server.
 
     Parameters
     ----------
     client : gmmserve_client.Client
+        A client with the server's operator token, so requests on any
+        session id reach the checks behind access control.
+    anonymous : gmmserve_client.Client
+        A client without the operator token, for a share of the requests.
     rng : random.Random
+    operator_token : str
+        The token ``client`` carries, for calls made without the client.
     """
 
-    def __init__(self, client: Any, rng: random.Random) -> None:
+    def __init__(
+        self, client: Any, anonymous: Any, rng: random.Random, operator_token: str
+    ) -> None:
         self.client = client
+        self.anonymous = anonymous
         self.rng = rng
+        self.operator_token = operator_token
         self.sessions = []
         self.states = []
         for batch_size, samples_per_epoch in WIDE_AND_SMALL:
@@ -714,7 +727,8 @@ class RpcFuzzer:
                 requests.append(pb.StreamBatchesRequest(ack=pb.Ack(global_index=index)))
         if rng.random() < 0.1:
             requests.append(pb.StreamBatchesRequest())
-        return lambda: raw_stream_call(self.client.target, requests)
+        token = rng.choice([self.session.token, self.session.token, None, "junk"])
+        return lambda: raw_stream_call(self.client.target, requests, token)
 
     def _list_sessions(self) -> Callable[[], Any]:
         import grpc
@@ -726,44 +740,44 @@ class RpcFuzzer:
             page_size=rng.choice([0, 1, 2, 1000, 1001, 2**32 - 1]),
             page_token=rng.choice(["", self.session.id, junk_string(rng)]),
         )
+        token = rng.choice([self.operator_token, None, self.session.token])
 
         def list_page() -> None:
             with grpc.insecure_channel(self.client.target) as channel:
                 stub: Any = pb_grpc.GmmServiceStub(channel)
                 try:
-                    stub.ListSessions(request, timeout=30)
+                    stub.ListSessions(request, timeout=30, metadata=bearer(token))
                 except grpc.RpcError as error:
                     raise from_rpc_error(error) from error
 
         return list_page
 
-    def _close_session(self) -> Callable[[], Any]:
+    def session_handle(self, session_id: str) -> Any:
+        """Return a handle on ``session_id``, without a token one time in five."""
         from gmmserve_client import Session
 
+        client = self.anonymous if self.rng.random() < 0.2 else self.client
+        return Session(client, session_id)
+
+    def _close_session(self) -> Callable[[], Any]:
         rng = self.rng
         if rng.random() < 0.3:
             # A session made for this call, so the shared ones stay open.
             session = self.client.create_session(SMALL_CONFIG, seed=1)
         else:
-            session = Session(
-                self.client, rng.choice(["", "x" * 129, junk_string(rng)])
-            )
+            session = self.session_handle(rng.choice(["", "x" * 129, junk_string(rng)]))
         return session.close
 
     def _snapshot(self) -> Callable[[], Any]:
-        from gmmserve_client import Session
-
-        session = Session(self.client, self.random_id())
+        session = self.session_handle(self.random_id())
         label = self.rng.choice(["", "ok", "x" * 256, "x" * 257, junk_string(self.rng)])
         return lambda: session.snapshot(label=label)
 
     def _restore(self) -> Callable[[], Any]:
-        from gmmserve_client import Session
-
         rng = self.rng
         which = rng.randrange(len(self.sessions))
         session_id = rng.choice([self.sessions[which].id, self.random_id()])
-        session = Session(self.client, session_id)
+        session = self.session_handle(session_id)
         if rng.random() < 0.3:
             snapshot_id = self.random_id()
             return lambda: session.restore(snapshot_id=snapshot_id)
@@ -771,19 +785,22 @@ class RpcFuzzer:
         return lambda: session.restore(state=text)
 
     def _get_session(self) -> Callable[[], Any]:
-        from gmmserve_client import Session
-
-        session = Session(self.client, self.random_id())
+        session = self.session_handle(self.random_id())
         return session.info
 
     def _list_snapshots(self) -> Callable[[], Any]:
-        from gmmserve_client import Session
-
-        session = Session(self.client, self.random_id())
+        session = self.session_handle(self.random_id())
         return session.list_snapshots
 
 
-def raw_stream_call(target: str, requests: list[pb.StreamBatchesRequest]) -> None:
+def bearer(token: str | None) -> list[tuple[str, str]]:
+    """Return the call metadata that carries ``token``, or none for None."""
+    return [] if token is None else [("authorization", f"Bearer {token}")]
+
+
+def raw_stream_call(
+    target: str, requests: list[pb.StreamBatchesRequest], token: str | None
+) -> None:
     """Send ``requests`` on one StreamBatches call and read it to its end.
 
     The request stream half-closes after the last request. A failed call
@@ -795,7 +812,7 @@ def raw_stream_call(target: str, requests: list[pb.StreamBatchesRequest]) -> Non
 
     with grpc.insecure_channel(target) as channel:
         stub: Any = pb_grpc.GmmServiceStub(channel)
-        call = stub.StreamBatches(iter(requests), timeout=30)
+        call = stub.StreamBatches(iter(requests), timeout=30, metadata=bearer(token))
         try:
             responses = sum(1 for _ in call)
         except grpc.RpcError as error:
@@ -909,7 +926,9 @@ def loopback_server(work_dir: Path) -> Iterator[Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fault_inject import ServerProcess, free_port
 
-    server = ServerProcess(work_dir, free_port(), {})
+    server = ServerProcess(
+        work_dir, free_port(), {"GMMSERVE_OPERATOR_TOKEN": FUZZ_OPERATOR_TOKEN}
+    )
     server.start()
     try:
         yield server
@@ -929,13 +948,21 @@ def run(
     ]
     deadline = time.monotonic() + max_seconds
     work_dir = Path(tempfile.mkdtemp(prefix="gmmserve-fuzz-"))
+    # One attempt per call, so each status reaches the checks unchanged.
+    no_retry = RetryPolicy(max_attempts=1)
     with (
         loopback_server(work_dir) as server,
         Client(
-            server.target, timeout_s=30, retry=RetryPolicy(max_attempts=1)
+            server.target,
+            timeout_s=30,
+            retry=no_retry,
+            operator_token=FUZZ_OPERATOR_TOKEN,
         ) as client,
+        Client(server.target, timeout_s=30, retry=no_retry) as anonymous,
     ):
-        rpc_fuzzer = RpcFuzzer(client, random.Random(seed))
+        rpc_fuzzer = RpcFuzzer(
+            client, anonymous, random.Random(seed), FUZZ_OPERATOR_TOKEN
+        )
         indices = range(inputs) if only is None else [only]
         for index in indices:
             if time.monotonic() > deadline:
