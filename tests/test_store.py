@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import sqlite3
 from collections.abc import Awaitable
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 from gmmserve.errors import NotFoundError, StoreError
 from gmmserve.store import (
     CursorConflictError,
+    LimitExceededError,
+    NonFiniteValueError,
     SessionRecord,
     SnapshotRecord,
     SQLiteStore,
@@ -217,3 +221,122 @@ def test_store_failed_snapshot_rolls_back(tmp_path: Path) -> None:
         await store.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"created_at": float("nan")}, "session created_at is nan"),
+        ({"updated_at": float("inf")}, "session updated_at is inf"),
+        ({"spec_json": '{"batch_size": NaN}'}, "session spec_json"),
+        ({"resolved_config_json": '{"dim": 1e400}'}, "session resolved_config_json"),
+        ({"resolved_config_json": '{"dim": -Infinity}'}, "-Infinity"),
+    ],
+    ids=["nan-time", "inf-time", "nan-spec", "overflow-config", "infinity-config"],
+)
+def test_store_rejects_non_finite_session(
+    tmp_path: Path, change: dict[str, object], fragment: str
+) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        try:
+            record = dataclasses.replace(session_record("ses_a"), **change)  # type: ignore[arg-type]
+            with pytest.raises(NonFiniteValueError, match=re.escape(fragment)):
+                await store.create_session(record)
+            assert await store.count_sessions() == 0
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"state_json": '{"format_version": NaN}'}, "snapshot state_json"),
+        ({"state_json": '{"x": 1e999}'}, "1e999"),
+        ({"created_at": float("-inf")}, "snapshot created_at is -inf"),
+    ],
+    ids=["nan-state", "overflow-state", "inf-time"],
+)
+def test_store_rejects_non_finite_snapshot(
+    tmp_path: Path, change: dict[str, object], fragment: str
+) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        try:
+            await store.create_session(session_record("ses_a"))
+            record = dataclasses.replace(
+                snapshot_record("snap_a", "ses_a", 1, 1.0),
+                **change,  # type: ignore[arg-type]
+            )
+            with pytest.raises(NonFiniteValueError, match=re.escape(fragment)):
+                await store.put_snapshot(record)
+            assert await store.list_snapshots("ses_a") == []
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def test_store_rejects_bad_cursor(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        try:
+            await store.create_session(session_record("ses_a"))
+            with pytest.raises(ValueError, match=r"cursor -1 is out of range"):
+                await store.set_cursor("ses_a", -1)
+            with pytest.raises(ValueError, match=r"cursor 9223372036854775808 is out"):
+                await store.set_cursor("ses_a", 2**63)
+            with pytest.raises(TypeError, match="cursor must be an int, got float"):
+                await store.set_cursor("ses_a", float("nan"))  # type: ignore[arg-type]
+            assert (await store.get_session("ses_a")).cursor == 0
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def test_store_session_and_snapshot_limits(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        try:
+            await store.create_session(session_record("ses_a", "req-a"), max_sessions=2)
+            await store.create_session(session_record("ses_b"), max_sessions=2)
+            with pytest.raises(LimitExceededError, match="max_sessions=2"):
+                await store.create_session(session_record("ses_c"), max_sessions=2)
+            # An existing request id is returned even at the limit.
+            found, existing = await store.create_session(
+                session_record("ses_d", "req-a"), max_sessions=2
+            )
+            assert existing
+            assert found.session_id == "ses_a"
+            assert await store.count_sessions() == 2
+
+            await store.put_snapshot(snapshot_record("snap_1", "ses_a", 0, 1.0), 1)
+            with pytest.raises(LimitExceededError, match="max_snapshots_per_session=1"):
+                await store.put_snapshot(snapshot_record("snap_2", "ses_a", 0, 2.0), 1)
+            await store.put_snapshot(snapshot_record("snap_3", "ses_b", 0, 3.0), 1)
+            assert len(await store.list_snapshots("ses_a")) == 1
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def test_store_secret_created_once(tmp_path: Path) -> None:
+    async def scenario() -> tuple[str, str, str]:
+        store = await SQLiteStore.open_in(tmp_path)
+        try:
+            first = await store.get_or_create_secret("key", lambda: "one")
+            second = await store.get_or_create_secret("key", lambda: "two")
+        finally:
+            await store.close()
+        reopened = await SQLiteStore.open_in(tmp_path)
+        try:
+            third = await reopened.get_or_create_secret("key", lambda: "three")
+        finally:
+            await reopened.close()
+        return first, second, third
+
+    assert run(scenario()) == ("one", "one", "one")
