@@ -64,6 +64,8 @@ _POINT_STREAM = 1
 # Up to this many clusters, labels are found by one comparison pass per
 # cluster; above it, by a binary search per item.
 _LABEL_LOOP_MAX_CLUSTERS = 32
+# float32 values gathered per block when adding centers to points (64 KiB).
+_GATHER_BLOCK_VALUES = 16 * 1024
 
 
 def loader_key(loader_id: str) -> int:
@@ -271,26 +273,28 @@ def _draw_labels(
 ) -> NDArray[np.int64]:
     """Draw n_points iid labels per item from Categorical(weights[item]).
 
-    Each label comes from one uniform 32-bit integer u: it is the number of
-    thresholds t_k = ceil(2^32 * (w_0 + ... + w_k)), k < K - 1, with
-    t_k <= u. So P(label = k) is w_k to within 2^-32, and the largest label
-    is K - 1 even when the rounded sum of the weights falls short of 1.
+    Each label comes from one float64 uniform u in [0, 1): it is the number
+    of cumulative sums w_0 + ... + w_k, k < K - 1, that are <= u. So
+    P(label = k) is w_k up to float64 rounding, and the largest label is
+    K - 1 even when the rounded sum of the weights falls short of 1.
     """
     batch_size, n_clusters = weights.shape
-    uniforms = points_rng.integers(
-        0, 2**32, size=(batch_size, n_points), dtype=np.uint32
-    )
+    # The uniforms are drawn into the memory of the int64 labels, which is
+    # the same size, so no other (B, N) array is allocated.
+    labels = np.empty((batch_size, n_points), dtype=np.int64)
+    uniforms = labels.view(np.float64)
+    points_rng.random(out=uniforms)
     edges = np.cumsum(weights, axis=1)[:, : n_clusters - 1]
-    thresholds = np.minimum(np.ceil(edges * 2.0**32), 2.0**32 - 1).astype(np.uint32)
     if n_clusters <= _LABEL_LOOP_MAX_CLUSTERS:
         # int8 counts are cheaper to accumulate and cannot overflow here.
         small = np.zeros((batch_size, n_points), dtype=np.int8)
         for k in range(n_clusters - 1):
-            small += uniforms >= thresholds[:, k, None]
-        return small.astype(np.int64)
-    labels = np.empty((batch_size, n_points), dtype=np.int64)
-    for item in range(batch_size):
-        labels[item] = np.searchsorted(thresholds[item], uniforms[item], side="right")
+            small += uniforms >= edges[:, k, None]
+    else:
+        small = np.empty((batch_size, n_points), dtype=np.int16)
+        for item in range(batch_size):
+            small[item] = np.searchsorted(edges[item], uniforms[item], side="right")
+    labels[...] = small
     return labels
 
 
@@ -306,16 +310,19 @@ def _place_points(
     during the call and restored before it returns.
     """
     batch_size, n_clusters, dim = parameters.centers32.shape
-    data = points_rng.standard_normal(
-        (batch_size, parameters.n_points, dim), dtype=np.float32
-    )
+    n_points = parameters.n_points
+    data = points_rng.standard_normal((batch_size, n_points, dim), dtype=np.float32)
     data *= sigma.astype(np.float32)[:, None, None]
     rows = parameters.centers32.reshape(batch_size * n_clusters, dim)
     offsets = np.arange(batch_size, dtype=np.int64)[:, None] * n_clusters
-    # Shifting the labels in place to row indexes of ``rows`` and back saves
-    # a (B, N) temporary, which measurably slows the whole batch.
+    # The labels are shifted in place to row indexes of ``rows`` and back,
+    # and centers are added a block of items at a time, so no large
+    # temporary is allocated: each would cost page faults on every batch.
     labels += offsets
-    data += np.take(rows, labels, axis=0)
+    block = max(1, _GATHER_BLOCK_VALUES // (n_points * dim))
+    for start in range(0, batch_size, block):
+        stop = min(start + block, batch_size)
+        data[start:stop] += np.take(rows, labels[start:stop], axis=0)
     labels -= offsets
     return data
 
