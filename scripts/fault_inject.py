@@ -3,9 +3,9 @@
 The script starts a gmmserve server subprocess on a free 127.0.0.1 port with
 a temporary data directory, and a trainer subprocess that streams batches
 through the client library. The trainer appends each consumed batch's global
-index and fingerprint to a log file and fsyncs it: that log is the trainer's
-own checkpoint: after a restart the trainer resumes at the batch after the
-last logged one, even when the server's committed cursor is elsewhere. The trainer also
+index and fingerprint to a log file and fsyncs it. That log is the trainer's
+own checkpoint. After a restart the trainer resumes at the batch after the
+last logged one, even when the server's committed cursor is elsewhere. It also
 takes a snapshot every few batches.
 
 While the trainer runs, the script injects faults at points drawn from a

@@ -392,7 +392,7 @@ def check_batch_values(
     labels = arrays["labels"]
     clusters = arrays["centers"].shape[1]
     if labels.size and (labels.min() < 0 or labels.max() >= clusters):
-        raise FuzzFailure(f"labels outside [0, {clusters - 1}]")
+        raise FuzzFailure(f"batch labels lie outside [0, {clusters - 1}]")
     names = []
     if control_mode != "snr" or estimate_mi:
         names += ["mi", "mi_factor"]
@@ -409,8 +409,9 @@ def check_message_size(source: str, message: str) -> None:
     size = len(message.encode())
     if size > MAX_MESSAGE_BYTES:
         raise FuzzFailure(
-            f"{source} rejected the input with a {size}-byte message, over the "
-            f"{MAX_MESSAGE_BYTES} bytes a gRPC client accepts: {message[:200]!r}"
+            f"{source} rejected the input with a message of {size} bytes, over the "
+            f"{MAX_MESSAGE_BYTES} a gRPC client accepts, that starts "
+            f"{message[:60]!r}"
         )
 
 
@@ -872,15 +873,30 @@ def _state_loader(batch_size: int, samples_per_epoch: int) -> GMMDataLoader:
     return loader
 
 
+@dataclass(frozen=True)
+class Finding:
+    """A failed property: where, what, and the input number that reproduces it."""
+
+    target: str
+    message: str
+    index: int | None = None
+    description: str = ""
+
+    def kind(self) -> str:
+        """Return the message with numbers and long runs blanked, for grouping."""
+        text = re.sub(r"(.)\1{19,}", r"\1...", self.message)
+        return re.sub(r"\d+", "N", text)[:200]
+
+
 @dataclass
 class Tally:
-    """Counts of one run, and a reproduction for each failure."""
+    """Counts of one run, and the findings with their input numbers."""
 
     tried: int = 0
     accepted: int = 0
     rejected: int = 0
     by_target: dict[str, list[int]] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
+    failures: list[Finding] = field(default_factory=list)
 
     def add(self, target: str, accepted: bool) -> None:
         counts = self.by_target.setdefault(target, [0, 0, 0])
@@ -893,11 +909,11 @@ class Tally:
             self.rejected += 1
             counts[2] += 1
 
-    def fail(self, target: str, message: str) -> None:
-        counts = self.by_target.setdefault(target, [0, 0, 0])
+    def fail(self, finding: Finding) -> None:
+        counts = self.by_target.setdefault(finding.target, [0, 0, 0])
         self.tried += 1
         counts[0] += 1
-        self.failures.append(message)
+        self.failures.append(finding)
 
 
 def in_process_input(
@@ -966,9 +982,8 @@ def run(
         indices = range(inputs) if only is None else [only]
         for index in indices:
             if time.monotonic() > deadline:
-                tally.failures.append(
-                    f"--max-seconds reached after {tally.tried} inputs"
-                )
+                message = f"--max-seconds reached after {tally.tried} inputs"
+                tally.failures.append(Finding("run", message))
                 break
             rng = random.Random(f"{seed}:{index}")
             if rng.random() < rpc_share:
@@ -983,18 +998,40 @@ def run(
             try:
                 tally.add(target, check())
             except FuzzFailure as failure:
-                tally.fail(
-                    target,
-                    f"{target}: {failure}\n    reproduce: scripts/fuzz.py --seed {seed} "
-                    f"--only {index}\n    input: {description[:400]}",
-                )
+                tally.fail(Finding(target, str(failure), index, description))
             if (index + 1) % 10_000 == 0:
                 _LOGGER.info("%d inputs, %d failures", index + 1, len(tally.failures))
         # The server stays up: a final call must still succeed.
         rpc_fuzzer.session.info()
     for finding in scan_store(work_dir / "gmmserve.sqlite3"):
-        tally.failures.append(f"store: {finding}")
+        tally.failures.append(Finding("store", finding))
     return tally
+
+
+def _shorten(text: str, width: int = 240) -> str:
+    """Collapse runs of 20 or more equal characters and cut ``text`` to ``width``."""
+    text = re.sub(r"(.)\1{19,}", lambda run: f"{run[1]}*{len(run[0])}", text)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def print_findings(findings: list[Finding], seed: int) -> None:
+    """Print the findings grouped by kind, then each with its input number."""
+    if not findings:
+        return
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for finding in findings:
+        groups.setdefault((finding.target, finding.kind()), []).append(finding)
+    print("findings by kind:")
+    for (target, kind), members in sorted(
+        groups.items(), key=lambda item: -len(item[1])
+    ):
+        print(f"  {len(members)} x {target}: {kind}")
+    print(f"each finding (replay one with: scripts/fuzz.py --seed {seed} --only N):")
+    for finding in findings:
+        where = f"N={finding.index} " if finding.index is not None else ""
+        print(f"FAILURE {where}{finding.target}: {_shorten(finding.message)}")
+        if finding.description:
+            print(f"    input: {_shorten(finding.description)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1031,8 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"failures: {len(tally.failures)}")
     for target, (tried, accepted, rejected) in sorted(tally.by_target.items()):
         print(f"  {target}: {tried} tried, {accepted} accepted, {rejected} rejected")
-    for failure in tally.failures:
-        print(f"FAILURE {failure}")
+    print_findings(tally.failures, options.seed)
     print(f"wall time: {time.monotonic() - started:.1f} s")
     return 0 if not tally.failures else 1
 

@@ -85,6 +85,7 @@ def test_fault_inject_short_run_loses_nothing(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+
     report = json.loads(report_path.read_text())
     assert report["failures"] == []
     assert sum(report["faults"].values()) == 8
@@ -95,6 +96,7 @@ def test_fault_inject_short_run_loses_nothing(tmp_path: Path) -> None:
     assert report["batches_lost"] == 0
     assert report["batches_repeated"] == 0
     assert report["fingerprint_mismatches"] == 0
+
     restarts = report["faults"]["server_kill"] + report["faults"]["server_term"]
     restarts += report["faults"]["snapshot_crash"]
     assert report["server_starts"] == 1 + restarts
