@@ -16,6 +16,7 @@ from _server import (
     OPERATOR_TOKEN,
     RPC_TIMEOUT_S,
     BatchStream,
+    TokenInterceptor,
     assert_batch_equal,
     open_channel,
 )
@@ -433,3 +434,58 @@ def test_limits_invalid_stream_start_rejected(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith(f"{field}: ")
     assert fragment in error.details()
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "CreateSession",
+        "GetSession",
+        "ListSessions",
+        "CloseSession",
+        "Snapshot",
+        "Restore",
+        "ListSnapshots",
+    ],
+)
+def test_limits_corrupt_request_bytes_rejected(
+    server: BackgroundServer, method: str
+) -> None:
+    # A truncated length-delimited field, and a truncated field tag.
+    payloads = [b"\x0a\x05ab", b"\xff\xff\xff"]
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.unary_unary(
+            f"/gmmserve.v1.GmmService/{method}",
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        for payload in payloads:
+            error = rpc_error(lambda payload=payload: call(payload, timeout=30))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, payload
+            assert error.details().startswith("request: is not a valid "), payload
+
+
+def test_limits_corrupt_stream_request_rejected(
+    server: BackgroundServer, stub: Any
+) -> None:
+    info = create(stub)
+    start = pb.StreamBatchesRequest(start=pb.StreamStart(session_id=info.session_id))
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.stream_stream(
+            "/gmmserve.v1.GmmService/StreamBatches",
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        error = rpc_error(lambda: list(call(iter([b"\xff\xff"]), timeout=30)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "StreamBatchesRequest" in error.details()
+        # A corrupt Ack after a valid start ends the stream the same way.
+        token = TokenInterceptor.tokens[info.session_id]
+        responses = call(
+            iter([start.SerializeToString(), b"\x12\x05ab"]),
+            timeout=30,
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+        error = rpc_error(lambda: list(responses))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "StreamBatchesRequest" in error.details()

@@ -352,7 +352,7 @@ class Client:
     def list_sessions(self, page_size: int = 0) -> list[SessionInfo]:
         """Return every session on the server, fetching all pages.
 
-        Needs the ``operator_token``; without it the server answers
+        Needs the ``operator_token``. Without it the call raises
         :class:`Unauthenticated`.
 
         Parameters

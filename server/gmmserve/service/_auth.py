@@ -39,7 +39,7 @@ _MAX_TOKEN_LENGTH = 1024
 
 
 class Access:
-    """Who a call's token identifies: one session's holder or the operator."""
+    """Kinds of caller a token identifies: a session's holder or the operator."""
 
     SESSION = "session"
     OPERATOR = "operator"

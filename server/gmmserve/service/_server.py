@@ -15,7 +15,6 @@ from typing import Any, Self
 
 import grpc
 from gmmserve_proto.v1 import gmmserve_pb2 as pb
-from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -23,6 +22,7 @@ from gmmserve.service._auth import Authenticator
 from gmmserve.service._servicer import GmmServicer
 from gmmserve.service._sessions import SessionRegistry
 from gmmserve.service._settings import ServerSettings
+from gmmserve.service._status import lenient_parser
 from gmmserve.store import SQLiteStore
 
 __all__ = ["SERVICE_NAME", "BackgroundServer", "GmmServer", "serve", "serve_settings"]
@@ -84,6 +84,31 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GmmService"].full_name
 
 
+def _add_servicer(servicer: GmmServicer, server: grpc.aio.Server) -> None:
+    """Register GmmService as the generated code does, with lenient parsers.
+
+    Requests that fail to parse reach the servicer as MalformedRequest and
+    end with INVALID_ARGUMENT, where gRPC's own parsing would end them with
+    UNKNOWN.
+    """
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GmmService"].methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        if method.client_streaming:
+            make_handler = grpc.stream_stream_rpc_method_handler
+        else:
+            make_handler = grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_parser(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+    )
+
+
 def _address(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]:{port}"
@@ -130,7 +155,7 @@ class GmmServer:
         )
         self.registry = SessionRegistry(self._store, settings)
         server = grpc.aio.server(options=_server_options(settings))
-        pb_grpc.add_GmmServiceServicer_to_server(
+        _add_servicer(
             GmmServicer(self.registry, settings, authenticator, self._executor), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

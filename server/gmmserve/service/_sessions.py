@@ -10,7 +10,7 @@ shutdown ends them with UNAVAILABLE. A stream whose end was requested no
 longer moves the cursor, even for an acknowledgement already received.
 
 A session with no open stream and no call for ``idle_timeout_s`` leaves the
-cache (:meth:`SessionRegistry.expire_idle`); its row stays in the store,
+cache (:meth:`SessionRegistry.expire_idle`). Its row stays in the store,
 so the next call rebuilds the loader at the same cursor.
 """
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gmmserve.errors import (
     ConfigError,
@@ -37,7 +38,14 @@ from gmmserve.store import (
     NonFiniteValueError,
 )
 
-__all__ = ["StreamEndedError", "status_for", "unary_errors"]
+__all__ = [
+    "MalformedRequest",
+    "StreamEndedError",
+    "lenient_parser",
+    "require_parsed",
+    "status_for",
+    "unary_errors",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,6 +60,40 @@ class StreamEndedError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class MalformedRequest:
+    """A request whose bytes failed to parse, passed on instead of raising.
+
+    gRPC answers a deserializer's exception with UNKNOWN, so the parser
+    returns this and the method rejects it with INVALID_ARGUMENT.
+    """
+
+    def __init__(self, message_type: str, reason: str) -> None:
+        self.message_type = message_type
+        self.reason = reason
+
+
+def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
+    """Return a deserializer that returns MalformedRequest for bad bytes."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return MalformedRequest(message_class.DESCRIPTOR.full_name, str(error))
+
+    return parse
+
+
+def require_parsed(request: Any, field: str = "request") -> None:
+    """Raise ConfigError when ``request`` is a MalformedRequest."""
+    if isinstance(request, MalformedRequest):
+        raise ConfigError(
+            field,
+            f"is not a valid {request.message_type} message ({request.reason}); "
+            "send a message of the gmmserve.v1 proto",
+        )
 
 
 def status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
@@ -92,6 +134,7 @@ def unary_errors(
         self: Any, request: _Request, context: grpc.aio.ServicerContext
     ) -> _Response:
         try:
+            require_parsed(request)
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise

@@ -27,7 +27,7 @@ from gmmserve.service._auth import Authenticator
 from gmmserve.service._sessions import LiveSession, OpenStream, SessionRegistry
 from gmmserve.service._settings import ServerSettings
 from gmmserve.service._spec import check_session_id
-from gmmserve.service._status import StreamEndedError
+from gmmserve.service._status import StreamEndedError, require_parsed
 
 __all__ = ["encode_batch", "stream_batches"]
 
@@ -35,10 +35,10 @@ _LOGGER = logging.getLogger(__name__)
 
 _HALF_CLOSE = object()
 
-# How long a StreamStart without takeover waits for the session's open stream
-# to end before it fails. A client that closes a stream and opens the next
-# one at once races its own cancellation, which reaches the server a moment
-# later; this wait absorbs that.
+# Seconds a StreamStart without takeover waits for the session's open stream
+# to end before it fails. A client that closes a stream and at once opens
+# the next races its own cancellation, which reaches the server a moment
+# later, so the wait keeps that client from failing.
 STREAM_CONFLICT_WAIT_S = 2.0
 
 
@@ -195,6 +195,7 @@ class _BatchStream:
         if request is _HALF_CLOSE:
             self.half_closed = True
             return
+        require_parsed(request)
         if request.WhichOneof("kind") != "ack":
             raise ConfigError(
                 "request",
@@ -256,6 +257,7 @@ async def _read_start(
         first = await anext(requests)
     except StopAsyncIteration:
         first = pb.StreamBatchesRequest()
+    require_parsed(first)
     if first.WhichOneof("kind") != "start":
         raise ConfigError(
             "start", "is missing; the first request must be a StreamStart"

@@ -173,7 +173,7 @@ class Store(abc.ABC):
         """Insert a session unless its request id is already taken.
 
         Raises LimitExceededError, inserting nothing, when the store already
-        holds ``max_sessions`` sessions (None sets no limit).
+        has ``max_sessions`` sessions (None sets no limit).
 
         Returns
         -------

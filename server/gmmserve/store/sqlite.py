@@ -139,7 +139,7 @@ class SQLiteStore(Store):
             ) from error
 
     def _connect(self) -> None:
-        # The database holds the token secret, so a new directory and file
+        # The database contains the token secret, so a new directory and file
         # are readable by their owner only. An existing directory keeps its
         # mode, which the operator chose.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if count >= max_sessions:
                     raise LimitExceededError(
-                        f"the store holds {count} sessions, the limit of "
+                        f"the store has {count} sessions, the limit of "
                         f"max_sessions={max_sessions}; close unused sessions"
                     )
             connection.execute(
