@@ -123,12 +123,22 @@ STATE_MESSAGE = re.compile(r"state|loader_state|fingerprint|format_version|strea
 
 
 class FuzzFailure(Exception):
-    """A property violation, with what to print about it."""
+    """A property violation, with what to print about it.
 
-    def __init__(self, message: str) -> None:
+    Parameters
+    ----------
+    message : str
+        What failed, on which value; cut to 600 characters.
+    kind : str, optional
+        A short label that groups findings of one cause in the report;
+        by default the message's first 80 characters.
+    """
+
+    def __init__(self, message: str, kind: str = "") -> None:
         if len(message) > 600:
             message = message[:600] + "..."
         super().__init__(message)
+        self.kind = kind or message[:80]
 
 
 # Random JSON-like values.
@@ -411,7 +421,8 @@ def check_message_size(source: str, message: str) -> None:
         raise FuzzFailure(
             f"{source} rejected the input with a message of {size} bytes, over the "
             f"{MAX_MESSAGE_BYTES} a gRPC client accepts, that starts "
-            f"{message[:60]!r}"
+            f"{message[:60]!r}",
+            kind=f"rejection message over {MAX_MESSAGE_BYTES} bytes",
         )
 
 
@@ -480,7 +491,8 @@ def check_state(text: str, loader: GMMDataLoader) -> bool:
     if not 0 <= cursor < 2**63:
         raise FuzzFailure(
             f"an accepted state moves the cursor to {cursor}, beyond a signed 64-bit "
-            "integer, which SQLite cannot store"
+            "integer, which SQLite cannot store",
+            kind="accepted state moves the cursor beyond a signed 64-bit integer",
         )
     return True
 
@@ -580,7 +592,9 @@ def rpc_outcome(call: Callable[[], Any], name: str) -> bool:
     except GmmServeClientError as error:
         code = error.code.name if error.code is not None else "client-side"
         if code not in CLEAN_CODES:
-            raise FuzzFailure(f"{name} ended with {code}: {error.details}") from None
+            raise FuzzFailure(
+                f"{name} ended with {code}: {error.details}", kind=f"ended with {code}"
+            ) from None
         if code == "INVALID_ARGUMENT" and not (
             FIELD_PREFIX.match(error.details) or STATE_MESSAGE.search(error.details)
         ):
@@ -879,13 +893,9 @@ class Finding:
 
     target: str
     message: str
+    kind: str
     index: int | None = None
     description: str = ""
-
-    def kind(self) -> str:
-        """Return the message with numbers and long runs blanked, for grouping."""
-        text = re.sub(r"(.)\1{19,}", r"\1...", self.message)
-        return re.sub(r"\d+", "N", text)[:200]
 
 
 @dataclass
@@ -983,7 +993,7 @@ def run(
         for index in indices:
             if time.monotonic() > deadline:
                 message = f"--max-seconds reached after {tally.tried} inputs"
-                tally.failures.append(Finding("run", message))
+                tally.failures.append(Finding("run", message, "time limit"))
                 break
             rng = random.Random(f"{seed}:{index}")
             if rng.random() < rpc_share:
@@ -998,13 +1008,16 @@ def run(
             try:
                 tally.add(target, check())
             except FuzzFailure as failure:
-                tally.fail(Finding(target, str(failure), index, description))
+                finding = Finding(
+                    target, str(failure), failure.kind, index, description
+                )
+                tally.fail(finding)
             if (index + 1) % 10_000 == 0:
                 _LOGGER.info("%d inputs, %d failures", index + 1, len(tally.failures))
         # The server stays up: a final call must still succeed.
         rpc_fuzzer.session.info()
     for finding in scan_store(work_dir / "gmmserve.sqlite3"):
-        tally.failures.append(Finding("store", finding))
+        tally.failures.append(Finding("store", finding, "non-finite value stored"))
     return tally
 
 
@@ -1020,7 +1033,7 @@ def print_findings(findings: list[Finding], seed: int) -> None:
         return
     groups: dict[tuple[str, str], list[Finding]] = {}
     for finding in findings:
-        groups.setdefault((finding.target, finding.kind()), []).append(finding)
+        groups.setdefault((finding.target, finding.kind), []).append(finding)
     print("findings by kind:")
     for (target, kind), members in sorted(
         groups.items(), key=lambda item: -len(item[1])
