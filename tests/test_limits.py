@@ -489,3 +489,35 @@ def test_limits_corrupt_stream_request_rejected(
         error = rpc_error(lambda: list(responses))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "StreamBatchesRequest" in error.details()
+
+
+def test_limits_restore_past_max_index_rejected(stub: Any) -> None:
+    info = create(stub, batch_size=1, samples_per_epoch=2)
+    snapshot = stub.Snapshot(
+        pb.SnapshotRequest(session_id=info.session_id), timeout=RPC_TIMEOUT_S
+    )
+    document = json.loads(snapshot.state_json)
+    document["loader_state"]["current_epoch"] = 2**53 - 1
+    request = pb.RestoreRequest(
+        session_id=info.session_id, state_json=json.dumps(document)
+    )
+    error = rpc_error(lambda: stub.Restore(request, timeout=RPC_TIMEOUT_S))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("state_json: loader_state.current_epoch ")
+    assert f"[0, {2**53 - 1}]" in error.details()
+    after = stub.GetSession(
+        pb.GetSessionRequest(session_id=info.session_id), timeout=RPC_TIMEOUT_S
+    )
+    assert after.position.global_index == 0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"x" * 30_000: 1}, {**SMALL_CONFIG, "cluster_params": "x" * 30_000}],
+    ids=["unknown-key", "unknown-preset"],
+)
+def test_limits_long_error_message_cut(stub: Any, config: dict[str, Any]) -> None:
+    error = rpc_error(lambda: create(stub, config_json=json.dumps(config)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().endswith(" characters cut)")
+    assert len(error.details()) < 4200

@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from gmmserve.config import MAX_SEED
 from gmmserve.errors import ConfigError, NotFoundError
 from gmmserve.loader import GMMDataLoader
 from gmmserve.service._settings import ServerSettings
@@ -384,7 +385,18 @@ class SessionRegistry:
             _LOGGER.warning(
                 "session %s restore: %s", record.session_id, warning.message
             )
-        return loader.current_epoch * loader.batches_per_epoch + loader.current_batch
+        epoch, batch = loader.current_epoch, loader.current_batch
+        cursor = epoch * loader.batches_per_epoch + batch
+        if cursor > MAX_SEED:
+            # Stream starts accept global indices up to MAX_SEED, so a cursor
+            # past it could be stored but never streamed from.
+            raise ConfigError(
+                "state_json",
+                f"loader_state.current_epoch {epoch} and current_batch {batch} "
+                f"put the cursor at global index {cursor}; the accepted range is "
+                f"[0, {MAX_SEED}]",
+            )
+        return cursor
 
     async def close(self, session_id: str) -> SessionRecord:
         """End a session's streams, then delete it and its snapshots."""

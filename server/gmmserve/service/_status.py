@@ -96,12 +96,26 @@ def require_parsed(request: Any, field: str = "request") -> None:
         )
 
 
+# gRPC clients reject status metadata over 16 KiB by default (grpcio 1.85),
+# and a message that repeats a long config key could exceed it.
+MAX_STATUS_MESSAGE_CHARS = 4096
+
+
 def status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """Return the status code and message that ``error`` ends an RPC with.
 
     Errors that are not gmmserve's are logged with their traceback and
-    become INTERNAL, with a message that points to the server log.
+    become INTERNAL, with a message that points to the server log. Messages
+    longer than MAX_STATUS_MESSAGE_CHARS are cut.
     """
+    code, message = _status_for(error, method)
+    if len(message) > MAX_STATUS_MESSAGE_CHARS:
+        cut = len(message) - MAX_STATUS_MESSAGE_CHARS
+        message = f"{message[:MAX_STATUS_MESSAGE_CHARS]}... ({cut} characters cut)"
+    return code, message
+
+
+def _status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, StreamEndedError):
         return error.code, error.message
     if isinstance(error, StateMismatchError):
