@@ -343,8 +343,9 @@ class Client:
             When the token is not valid for the session, or the session does
             not exist and the token is not the operator token.
         """
-        if _check_token(token, "token") is not None:
-            self._tokens[session_id] = token
+        checked = _check_token(token, "token")
+        if checked is not None:
+            self._tokens[session_id] = checked
         session = Session(self, session_id)
         session.info()
         return session
