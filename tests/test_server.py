@@ -765,3 +765,56 @@ def test_server_list_sessions_rejects_bad_token(stub: pb_grpc.GmmServiceStub) ->
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in error.details()
+
+
+def test_server_accepts_ack_of_start_minus_one(
+    stub: pb_grpc.GmmServiceStub,
+) -> None:
+    info = small_session(stub)
+    stream = BatchStream(
+        stub, session_id=info.session_id, start_global_index=4, window=1
+    )
+    assert stream.next_batch().global_index == 4
+    # A reconnecting client repeats its last Ack, which is the new stream's
+    # start - 1; the server commits it.
+    stream.ack(3)
+    assert wait_for_cursor(stub, info.session_id, 4) == 4
+    stream.cancel()
+
+
+def test_server_max_batches_ends_after_final_ack(
+    stub: pb_grpc.GmmServiceStub,
+) -> None:
+    info = small_session(stub)
+    stream = BatchStream(stub, session_id=info.session_id, max_batches=2, window=4)
+    assert stream.next_batch().global_index == 0
+    assert stream.next_batch().global_index == 1
+    stream.ack(0)
+    assert wait_for_cursor(stub, info.session_id, 1) == 1
+    # Both batches were sent, but the call stays open for the final Ack.
+    assert not stream.call.done()
+    stream.ack(1)
+    assert stream.finish() is None
+    assert stream.skipped_responses == 0
+    assert cursor_of(stub, info.session_id) == 2
+
+
+def test_server_half_close_sends_rest_of_window(
+    stub: pb_grpc.GmmServiceStub,
+) -> None:
+    info = small_session(stub)
+    stream = BatchStream(stub, session_id=info.session_id, window=3)
+    assert stream.next_batch().global_index == 0
+    stream.ack(0)
+    stream.half_close()
+    # The window allows batches 1 to 3 after the Ack of batch 0; the server
+    # sends those it has not sent yet, then ends with OK.
+    received = []
+    try:
+        while True:
+            received.append(stream.next_batch().global_index)
+    except StopIteration:
+        pass
+    assert received == [1, 2, 3]
+    assert stream.finish() is None
+    assert cursor_of(stub, info.session_id) == 1
