@@ -141,8 +141,7 @@ def test_concurrency_takeover_aborts_first(stub: Any) -> None:
     assert error is not None
     assert error.code() == grpc.StatusCode.ABORTED
     assert "taken over by stream" in error.details()
-    # Acks of the first stream no longer move the cursor; the second
-    # stream started after batch 0 was committed.
+    # The second stream started after the Ack of batch 0 was committed.
     assert batch.global_index == 1
     assert_batch_equal(batch, local_loader().batch_at(0, 1))
     second.cancel()
@@ -156,8 +155,8 @@ def test_concurrency_client_takeover(client: Client) -> None:
         next(session.batches())
     with session.batches(takeover=True, max_batches=2) as second:
         batches = list(second)
-    # The first stream's auto acknowledgement of batch 0 was sent with the
-    # second request only, so the takeover started at the committed 0.
+    # In auto mode the first stream acknowledges batch 0 only on its next
+    # request, so the takeover starts at the committed cursor 0.
     assert [batch.global_index for batch in batches] == [0, 1]
     assert_matches_loader(batches, local_loader())
     with pytest.raises(Aborted, match="taken over"):
