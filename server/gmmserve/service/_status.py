@@ -65,7 +65,7 @@ class StreamEndedError(Exception):
 class MalformedRequest:
     """A request whose bytes failed to parse, passed on instead of raising.
 
-    gRPC answers a deserializer's exception with UNKNOWN, so the parser
+    gRPC ends the call with UNKNOWN when a deserializer raises, so the parser
     returns this and the method rejects it with INVALID_ARGUMENT.
     """
 
