@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +244,20 @@ def wait_for_cursor(
         time.sleep(0.05)
         cursor = cursor_of(stub, session_id)
     return cursor
+
+
+def wait_for_value(read: Callable[[], int], expected: int) -> int:
+    """Poll ``read()`` until it returns ``expected`` or 20 s pass; return it.
+
+    The caller asserts on the value returned, so a timeout shows the last
+    value read.
+    """
+    deadline = time.monotonic() + 20
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> None:

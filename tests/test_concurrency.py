@@ -74,6 +74,19 @@ def create(client: Client) -> Session:
     )
 
 
+def create_raw(stub: Any) -> pb.SessionInfo:
+    spec = pb.SessionSpec(
+        config_json=json.dumps(SMALL_CONFIG),
+        seed=SEED,
+        loader_id="train",
+        batch_size=BATCH_SIZE,
+        samples_per_epoch=SAMPLES_PER_EPOCH,
+    )
+    request = pb.CreateSessionRequest(spec=spec)
+    session: pb.SessionInfo = stub.CreateSession(request, timeout=30).session
+    return session
+
+
 def assert_matches_loader(batches: list[Batch], loader: GMMDataLoader) -> None:
     for batch in batches:
         epoch, index = divmod(batch.global_index, loader.batches_per_epoch)
@@ -85,18 +98,7 @@ def assert_matches_loader(batches: list[Batch], loader: GMMDataLoader) -> None:
 
 
 def test_concurrency_second_stream_refused(stub: Any) -> None:
-    info = stub.CreateSession(
-        pb.CreateSessionRequest(
-            spec=pb.SessionSpec(
-                config_json=json.dumps(SMALL_CONFIG),
-                seed=SEED,
-                loader_id="train",
-                batch_size=BATCH_SIZE,
-                samples_per_epoch=SAMPLES_PER_EPOCH,
-            )
-        ),
-        timeout=30,
-    ).session
+    info = create_raw(stub)
     first = BatchStream(stub, session_id=info.session_id, window=1)
     assert first.next_batch().global_index == 0
 
@@ -116,18 +118,7 @@ def test_concurrency_second_stream_refused(stub: Any) -> None:
 
 
 def test_concurrency_takeover_aborts_first(stub: Any) -> None:
-    info = stub.CreateSession(
-        pb.CreateSessionRequest(
-            spec=pb.SessionSpec(
-                config_json=json.dumps(SMALL_CONFIG),
-                seed=SEED,
-                loader_id="train",
-                batch_size=BATCH_SIZE,
-                samples_per_epoch=SAMPLES_PER_EPOCH,
-            )
-        ),
-        timeout=30,
-    ).session
+    info = create_raw(stub)
     first = BatchStream(stub, session_id=info.session_id, window=2)
     assert first.next_batch().global_index == 0
     assert first.next_batch().global_index == 1

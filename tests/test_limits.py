@@ -19,6 +19,7 @@ from _server import (
     TokenInterceptor,
     assert_batch_equal,
     open_channel,
+    wait_for_value,
 )
 from conftest import SMALL_CONFIG
 from gmmserve.config import DEFAULT_LIMITS, Limits
@@ -242,12 +243,7 @@ def test_limits_serve_flags_reach_settings() -> None:
 
 
 def wait_for_live_sessions(server: BackgroundServer, expected: int) -> int:
-    deadline = time.monotonic() + 20
-    count = server.live_session_count
-    while count != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        count = server.live_session_count
-    return count
+    return wait_for_value(lambda: server.live_session_count, expected)
 
 
 def test_limits_idle_session_expires_and_resumes(
