@@ -250,12 +250,13 @@ def _estimator_table() -> None:
 def _evaluate_with(
     rule: Any, weights: np.ndarray, coords: np.ndarray, sigma: np.ndarray
 ) -> np.ndarray:
-    size = max(1, (1 << 17) // (weights.shape[1] ** 2 * len(rule.weights)))
+    workspace = noise._Workspace()
+    size = max(1, noise._WORK_ELEMENTS // (weights.shape[1] ** 2 * len(rule.weights)))
     result = np.empty(len(weights))
     for start in range(0, len(weights), size):
         group = slice(start, start + size)
         geometry = noise._Geometry(weights[group], coords[group], rule)
-        result[group], _ = geometry.evaluate(sigma[group], derivative=False)
+        result[group], _ = geometry.evaluate(sigma[group], False, workspace)
     return result
 
 

@@ -344,3 +344,15 @@ def test_generator_same_bits_after_restore() -> None:
         restored.batch_at(0, 3).fingerprint(),
     ]
     assert actual == expected
+
+
+def test_generator_unbounded_snr_clipped() -> None:
+    config = _config(snr_db_params={"type": "normal", "mean": 0.0, "std": 1000.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arrays = generate_batch(config, 8, "test", 0, 0, 64).arrays
+    assert np.all(np.abs(arrays["snr_db"]) <= 100.0)
+    assert np.any(np.abs(arrays["snr_db"]) == 100.0)
+    assert np.all(np.isfinite(arrays["noise_std"]))
+    assert np.all(arrays["noise_std"] > 0)
+    assert np.all(np.isfinite(arrays["data"]))

@@ -235,3 +235,19 @@ def test_noise_solver_same_bits_in_new_process() -> None:
     means = rng.standard_normal((3, 12, 8))
     sigma, achieved = noise.noise_std_for_mi(weights, means, 0.4 * noise.entropy(weights))
     assert output == [sigma.tobytes().hex(), achieved.tobytes().hex()]
+
+
+def test_noise_large_item_split_into_node_blocks() -> None:
+    """One item whose (K, K, nodes) array exceeds the work buffer still works.
+
+    K = 48 at rank 6 needs 48^2 * 16384 values per evaluation, about 300
+    MiB, so the nodes are processed in blocks.
+    """
+    weights, means = _mixture(48, 6, seed=77)
+    sigma = np.array([0.6])
+    estimate = noise.mutual_information(weights[None], means[None], sigma)[0]
+    reference, error = noise.mutual_information_monte_carlo(
+        weights, means, 0.6, 10_000, np.random.default_rng(78)
+    )
+    assert 0 < estimate < noise.entropy(weights[None])[0]
+    assert abs(estimate - reference) <= 4 * error + 1e-3 * reference

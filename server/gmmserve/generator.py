@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gmmserve import noise
-from gmmserve.config import DataConfig
+from gmmserve.config import DEFAULT_LIMITS, DataConfig
 
 __all__ = [
     "ARRAY_NAMES",
@@ -232,7 +232,10 @@ def _noise_levels(
     degenerate = ~noise.solvable(weights, centers)
 
     if model.control_mode == "snr":
-        snr_db = control
+        # Only unbounded specs (normal) can draw outside the accepted range;
+        # beyond it 10^(snr_db / 10) overflows or underflows float64.
+        limit = DEFAULT_LIMITS.max_snr_db
+        snr_db = np.clip(control, -limit, limit)
         sigma = noise.noise_std_for_snr(s2, snr_db)
         mi_target = np.full(batch_size, np.nan)
         if model.estimate_mi:

@@ -4,8 +4,9 @@ The model: a label X ~ Categorical(w) picks a center m_X, and the point is
 Y = m_X + sigma * e with e ~ N(0, I_D). All logarithms are natural, so MI is
 in nats.
 
-Signal variance: s2 = (1/D) * sum_d (sum_k w_k m_kd^2 - (sum_k w_k m_kd)^2).
-SNR mode sets sigma = sqrt(s2 / 10^(snr_db / 10)).
+Signal variance: s2 = (1/D) * sum_d (sum_k w_k m_kd^2 - (sum_k w_k m_kd)^2),
+computed from centered means (see :func:`signal_variance`). SNR mode sets
+sigma = sqrt(s2 / 10^(snr_db / 10)).
 
 Mutual information, written per component k and per noise vector e:
 
@@ -27,13 +28,14 @@ Each rule comes in a coarse and a fine size. MI modes solve
 estimate(sigma) = target by safeguarded Newton steps in log sigma with the
 analytic derivative: the coarse rule finds the root, then Newton steps with
 the fine rule refine it. The reported MI is the fine estimate at the returned
-sigma. All of it is plain float64 numpy with a fixed number of operations
-per item, so the same mixture and target give the same sigma, bit for bit,
-in any process on the same machine and numpy build.
+sigma. Each item's steps depend only on its own mixture and target, and all
+of it is plain float64 numpy, so the same mixture and target give the same
+sigma, bit for bit, in any process on the same machine and numpy build.
 
 A mixture with zero signal variance (one cluster, or one weight of exactly
 1) has MI 0 at every noise level and an undefined SNR. Such an item gets
-noise_std 1.0, snr_db -inf, mi 0 and mi_factor 0.
+noise_std 1.0, snr_db -inf, mi 0 and mi_factor 0. Items with
+H(w) < MIN_ENTROPY are not solved either (see :func:`solvable`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from scipy.stats import qmc
 
 __all__ = [
     "DEGENERATE_NOISE_STD",
+    "MIN_ENTROPY",
     "MI_TARGET_MARGIN",
     "clip_mi_target",
     "entropy",
@@ -93,8 +96,9 @@ MIN_ENTROPY = 1e-12
 # the fine stage stops at _FINE_TOLERANCE.
 _COARSE_TOLERANCE = 1e-3
 _FINE_TOLERANCE = 1e-5
-# Elements of one (b, j, k, n) work array: 1 MiB of float64, which keeps the
-# arrays of one evaluation in the L2 cache of common CPUs.
+# Elements of one (b, j, k, n) work array: 1 MiB of float64. On the 2-core
+# development VM, evaluating 64 items at K = 5 with 256 nodes in groups of
+# this size was about 4 times faster than in one 3.3 MiB array.
 _WORK_ELEMENTS = 128 * 1024
 # Log weight used in place of log(0) so that exp() gives exactly 0 without
 # producing inf - inf.
