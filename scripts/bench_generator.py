@@ -31,16 +31,14 @@ import argparse
 import statistics
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import integrate, stats
-
 from gmmserve import generator, noise
 from gmmserve.config import DataConfig, experiment_config, experiment_names, load_config
 from gmmserve.errors import LegacyKeyWarning
+from scipy import integrate, stats
 
 _SEED = 20240601
 _LOADER_ID = "bench"
@@ -72,45 +70,38 @@ def _configs() -> list[tuple[str, DataConfig]]:
         )
         mi = {"type": "uniform", "min": 0.2, "max": 1.2}
         rows.append(
-            ("standard", load_config({**standard, "control_mode": "mi", "mi_params": mi}))
+            (
+                "standard",
+                load_config({**standard, "control_mode": "mi", "mi_params": mi}),
+            )
         )
         rows.append(("standard", load_config({**standard, "estimate_mi": True})))
     return rows
 
 
-def _time(function: Callable[[], Any]) -> float:
-    start = time.process_time()
-    function()
-    return time.process_time() - start
-
-
-def _measure(
-    name: str, config: DataConfig, batch_size: int, rounds: int
-) -> _Row:
+def _measure(name: str, config: DataConfig, batch_size: int, rounds: int) -> _Row:
     """Time generation and the floor in alternating rounds; return medians."""
     floor_rng = np.random.Generator(np.random.Philox(_SEED))
     generation, floor = [], []
     points = 0
     # Round 0 warms caches (quadrature rules, pmf tables) and is discarded.
     for index in range(rounds + 1):
-        batch = None
-
-        def generate() -> None:
-            nonlocal batch
-            batch = generator.generate_batch(
-                config, _SEED, _LOADER_ID, 0, index, batch_size
-            )
-
-        elapsed = _time(generate)
-        assert batch is not None
+        start = time.process_time()
+        batch = generator.generate_batch(
+            config, _SEED, _LOADER_ID, 0, index, batch_size
+        )
+        elapsed = time.process_time() - start
         shape = batch.data.shape
-        floor_elapsed = _time(lambda: floor_rng.standard_normal(shape, dtype=np.float32))
+        del batch
+        start = time.process_time()
+        floor_rng.standard_normal(shape, dtype=np.float32)
+        floor_elapsed = time.process_time() - start
         if index == 0:
             continue
         generation.append(elapsed)
         floor.append(floor_elapsed)
         points += shape[0] * shape[1]
-    mode = config.model.control_mode
+    mode: str = config.model.control_mode
     if mode == "snr" and config.model.estimate_mi:
         mode = "snr+estimate_mi"
     return _Row(
@@ -125,15 +116,24 @@ def _measure(
 def _profile(config: DataConfig, batch_size: int, rounds: int) -> dict[str, float]:
     """Return the median seconds of each stage of a batch."""
     stages: dict[str, list[float]] = {
-        "streams": [], "parameters": [], "noise levels": [], "labels": [],
+        "streams": [],
+        "parameters": [],
+        "noise levels": [],
+        "labels": [],
         "points": [],
     }
     for index in range(rounds + 1):
         start = time.process_time()
-        params = generator._stream(_SEED, _LOADER_ID, 0, index, generator._PARAMETER_STREAM)
-        points_rng = generator._stream(_SEED, _LOADER_ID, 0, index, generator._POINT_STREAM)
+        params = generator._stream(
+            _SEED, _LOADER_ID, 0, index, generator._PARAMETER_STREAM
+        )
+        points_rng = generator._stream(
+            _SEED, _LOADER_ID, 0, index, generator._POINT_STREAM
+        )
         after_streams = time.process_time()
-        parameters = generator._draw_parameters(config, params, batch_size, 256, 100_000)
+        parameters = generator._draw_parameters(
+            config, params, batch_size, 256, 100_000
+        )
         after_parameters = time.process_time()
         levels = generator._noise_levels(config, parameters)
         after_levels = time.process_time()
@@ -168,7 +168,9 @@ def _two_cluster_mi(weights: np.ndarray, means: np.ndarray, sigma: float) -> flo
             )
             return -float(log_sum) * float(stats.norm.pdf(z))
 
-        value, _ = integrate.quad(integrand, -40, 40, epsabs=1e-14, epsrel=1e-12, limit=400)
+        value, _ = integrate.quad(
+            integrand, -40, 40, epsabs=1e-14, epsrel=1e-12, limit=400
+        )
         total += weights[k] * value
     return total
 
@@ -195,7 +197,10 @@ def _accuracy_table() -> None:
                     error, reference = 0.0, "quad"
                 else:
                     measured, error = noise.mutual_information_monte_carlo(
-                        weights, means64, float(sigma[0]), 2_000_000 // clusters,
+                        weights,
+                        means64,
+                        float(sigma[0]),
+                        2_000_000 // clusters,
                         np.random.default_rng(rng.integers(2**63)),
                     )
                     reference = "MC 2e6"
@@ -217,7 +222,9 @@ def _estimator_table() -> None:
     relative difference over 64 mixtures at SNRs of -10, 0, 10 and 20 dB.
     """
     cases = [(2, 2), (5, 2), (7, 2), (5, 3), (10, 8)]
-    print(f"{'K':>3}{'D':>3}{'rank':>5}  {'rule':<24}{'nodes':>7}{'max rel err':>13}{'ms/eval B=64':>14}")
+    print(
+        f"{'K':>3}{'D':>3}{'rank':>5}  {'rule':<24}{'nodes':>7}{'max rel err':>13}{'ms/eval B=64':>14}"
+    )
     for clusters, dim in cases:
         rng = np.random.default_rng(300 + clusters * 10 + dim)
         weights = rng.dirichlet(np.ones(clusters), size=64)
@@ -277,8 +284,8 @@ def _reference_rule(rank: int) -> Any:
 def _antithetic_rule(rank: int, count: int, sobol: bool = False) -> Any:
     """Return mirrored normal vectors: Sobol points (whitened) or plain draws."""
     if sobol:
-        from scipy.stats import qmc
         from scipy.special import ndtri
+        from scipy.stats import qmc
 
         half = ndtri(qmc.Sobol(rank, scramble=True, seed=4242).random(count // 2))
     else:
@@ -293,9 +300,7 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=64, help="datasets per batch (B)"
     )
-    parser.add_argument(
-        "--rounds", type=int, default=30, help="timed batches per row"
-    )
+    parser.add_argument("--rounds", type=int, default=30, help="timed batches per row")
     parser.add_argument(
         "--profile", action="store_true", help="also print per-stage times in ms"
     )
@@ -303,7 +308,9 @@ def main() -> None:
         "--accuracy", action="store_true", help="print the MI solver accuracy table"
     )
     parser.add_argument(
-        "--estimator", action="store_true", help="print MI estimate error and cost per rule"
+        "--estimator",
+        action="store_true",
+        help="print MI estimate error and cost per rule",
     )
     args = parser.parse_args()
     if args.accuracy:
@@ -335,7 +342,9 @@ def main() -> None:
             stages = _profile(config, args.batch_size, args.rounds)
             print(
                 "    stages ms: "
-                + ", ".join(f"{stage} {value * 1e3:.2f}" for stage, value in stages.items())
+                + ", ".join(
+                    f"{stage} {value * 1e3:.2f}" for stage, value in stages.items()
+                )
             )
 
     snr = next(row for row in rows if row.name == "standard" and row.mode == "snr")

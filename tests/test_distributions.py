@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydantic import TypeAdapter
-from scipy import stats
-
 from gmmserve.config import load_config
 from gmmserve.distributions import DistributionSpec
 from gmmserve.errors import ConfigError
 from gmmserve.generator import _to_clusters, _to_count
+from pydantic import TypeAdapter
+from scipy import stats
 
 DRAWS = 100_000
 P_MIN = 1e-3
@@ -90,10 +89,17 @@ def test_distributions_normal_law() -> None:
     [(9.0, 7.0, 12.0), (0.0, 6.0, 6.5), (0.0, -30.0, -29.0)],
     ids=["preset", "upper-tail", "far-lower-tail"],
 )
-def test_distributions_truncated_normal_law(mean: float, low: float, high: float) -> None:
+def test_distributions_truncated_normal_law(
+    mean: float, low: float, high: float
+) -> None:
     values = _draw(
-        {"type": "truncated_normal", "mean": mean, "std": 1.5 if mean else 1.0,
-         "min": low, "max": high}
+        {
+            "type": "truncated_normal",
+            "mean": mean,
+            "std": 1.5 if mean else 1.0,
+            "min": low,
+            "max": high,
+        }
     )
     std = 1.5 if mean else 1.0
     law = stats.truncnorm((low - mean) / std, (high - mean) / std, loc=mean, scale=std)
@@ -103,7 +109,13 @@ def test_distributions_truncated_normal_law(mean: float, low: float, high: float
 
 
 def test_distributions_truncated_lognormal_law() -> None:
-    spec = {"type": "truncated_lognormal", "mean": 6.9, "sigma": 0.3, "min": 500, "max": 1500}
+    spec = {
+        "type": "truncated_lognormal",
+        "mean": 6.9,
+        "sigma": 0.3,
+        "min": 500,
+        "max": 1500,
+    }
     values = _draw(spec)
     assert values.min() >= 500
     assert values.max() <= 1500
@@ -144,7 +156,9 @@ def test_distributions_truncated_poisson_law(lam: float, low: int, high: int) ->
 
 
 def test_distributions_choice_with_probs() -> None:
-    values = _draw({"type": "choice", "options": [1000, 3000, 7], "probs": [0.4, 0.5, 0.1]})
+    values = _draw(
+        {"type": "choice", "options": [1000, 3000, 7], "probs": [0.4, 0.5, 0.1]}
+    )
     support = np.array([1000.0, 3000.0, 7.0])
     assert _chi_square_p(values, support, np.array([0.4, 0.5, 0.1])) > P_MIN
 
@@ -177,33 +191,99 @@ def test_distributions_sample_count_uniform_truncates() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [(2.5, 2), (3.5, 4), (2.49, 2), (0.2, 1), (-4.0, 1), (300.0, 256)]
+    ("value", "expected"),
+    [(2.5, 2), (3.5, 4), (2.49, 2), (0.2, 1), (-4.0, 1), (300.0, 256)],
 )
 def test_distributions_cluster_conversion(value: float, expected: int) -> None:
     assert _to_clusters(np.array([value]), 256) == expected
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [(999.99, 999), (1.0, 1), (0.0, 1), (-3.0, 1), (1e9, 100_000)]
+    ("value", "expected"),
+    [(999.99, 999), (1.0, 1), (0.0, 1), (-3.0, 1), (1e9, 100_000)],
 )
 def test_distributions_count_conversion(value: float, expected: int) -> None:
     assert _to_count(np.array([value]), 1, 100_000) == expected
 
 
 PRESETS = {
-    ("cluster_params", "few"): {"type": "truncated_poisson", "lam": 2.5, "min": 2, "max": 4, "offset": 0},
-    ("cluster_params", "moderate"): {"type": "truncated_poisson", "lam": 5.0, "min": 3, "max": 7, "offset": 0},
-    ("cluster_params", "many"): {"type": "truncated_poisson", "lam": 8.0, "min": 5, "max": 15, "offset": 0},
-    ("snr_db_params", "easy"): {"type": "truncated_normal", "mean": 14.0, "std": 1.5, "min": 12.0, "max": 17.0},
-    ("snr_db_params", "moderate"): {"type": "truncated_normal", "mean": 9.0, "std": 1.5, "min": 7.0, "max": 12.0},
-    ("snr_db_params", "difficult"): {"type": "truncated_normal", "mean": 5.0, "std": 1.5, "min": 3.0, "max": 7.0},
-    ("sample_count_distribution", "small"): {"type": "truncated_lognormal", "mean": 5.7, "sigma": 0.3, "min": 100.0, "max": 500.0},
-    ("sample_count_distribution", "medium"): {"type": "truncated_lognormal", "mean": 6.9, "sigma": 0.3, "min": 500.0, "max": 1500.0},
-    ("sample_count_distribution", "large"): {"type": "truncated_lognormal", "mean": 8.0, "sigma": 0.3, "min": 1500.0, "max": 5000.0},
-    ("sample_count_distribution", "variable_large"): {"type": "truncated_lognormal", "mean": 8.0, "sigma": 0.3, "min": 2000.0, "max": 5000.0},
+    ("cluster_params", "few"): {
+        "type": "truncated_poisson",
+        "lam": 2.5,
+        "min": 2,
+        "max": 4,
+        "offset": 0,
+    },
+    ("cluster_params", "moderate"): {
+        "type": "truncated_poisson",
+        "lam": 5.0,
+        "min": 3,
+        "max": 7,
+        "offset": 0,
+    },
+    ("cluster_params", "many"): {
+        "type": "truncated_poisson",
+        "lam": 8.0,
+        "min": 5,
+        "max": 15,
+        "offset": 0,
+    },
+    ("snr_db_params", "easy"): {
+        "type": "truncated_normal",
+        "mean": 14.0,
+        "std": 1.5,
+        "min": 12.0,
+        "max": 17.0,
+    },
+    ("snr_db_params", "moderate"): {
+        "type": "truncated_normal",
+        "mean": 9.0,
+        "std": 1.5,
+        "min": 7.0,
+        "max": 12.0,
+    },
+    ("snr_db_params", "difficult"): {
+        "type": "truncated_normal",
+        "mean": 5.0,
+        "std": 1.5,
+        "min": 3.0,
+        "max": 7.0,
+    },
+    ("sample_count_distribution", "small"): {
+        "type": "truncated_lognormal",
+        "mean": 5.7,
+        "sigma": 0.3,
+        "min": 100.0,
+        "max": 500.0,
+    },
+    ("sample_count_distribution", "medium"): {
+        "type": "truncated_lognormal",
+        "mean": 6.9,
+        "sigma": 0.3,
+        "min": 500.0,
+        "max": 1500.0,
+    },
+    ("sample_count_distribution", "large"): {
+        "type": "truncated_lognormal",
+        "mean": 8.0,
+        "sigma": 0.3,
+        "min": 1500.0,
+        "max": 5000.0,
+    },
+    ("sample_count_distribution", "variable_large"): {
+        "type": "truncated_lognormal",
+        "mean": 8.0,
+        "sigma": 0.3,
+        "min": 2000.0,
+        "max": 5000.0,
+    },
     ("sample_count_distribution", "fixed_moderate"): {"type": "fixed", "value": 1000.0},
     ("sample_count_distribution", "fixed_large"): {"type": "fixed", "value": 3000.0},
-    ("sample_count_distribution", "variable_moderate"): {"type": "uniform", "min": 500.0, "max": 2000.0},
+    ("sample_count_distribution", "variable_moderate"): {
+        "type": "uniform",
+        "min": 500.0,
+        "max": 2000.0,
+    },
 }
 
 
@@ -213,7 +293,9 @@ def test_distributions_preset_resolves(key: str, name: str) -> None:
     assert config.resolved[key] == PRESETS[(key, name)]
 
 
-@pytest.mark.parametrize("key", ["cluster_params", "snr_db_params", "sample_count_distribution"])
+@pytest.mark.parametrize(
+    "key", ["cluster_params", "snr_db_params", "sample_count_distribution"]
+)
 def test_distributions_unknown_preset_names_choices(key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config({key: "medium_rare"})
@@ -227,19 +309,33 @@ def test_distributions_unknown_preset_names_choices(key: str) -> None:
     ("spec", "field", "fragment"),
     [
         ({"type": "uniform", "min": 5, "max": 2}, "snr_db_params", "min=5"),
-        ({"type": "truncated_normal", "mean": 0, "std": 0, "min": 1, "max": 2},
-         "snr_db_params.std", "greater than 0"),
+        (
+            {"type": "truncated_normal", "mean": 0, "std": 0, "min": 1, "max": 2},
+            "snr_db_params.std",
+            "greater than 0",
+        ),
         ({"type": "gaussian", "mean": 0}, "snr_db_params", "accepted types"),
         ({"mean": 0}, "snr_db_params", "needs a 'type' key"),
-        ({"type": "normal", "mean": 0, "std": 1, "scale": 2}, "snr_db_params.scale",
-         "accepted keys"),
-        ({"type": "choice", "options": [1, 2], "probs": [0.3, 0.3]}, "snr_db_params",
-         "sum to 1"),
-        ({"type": "truncated_poisson", "lam": 2, "min": 5, "max": 3}, "snr_db_params",
-         "min=5"),
+        (
+            {"type": "normal", "mean": 0, "std": 1, "scale": 2},
+            "snr_db_params.scale",
+            "accepted keys",
+        ),
+        (
+            {"type": "choice", "options": [1, 2], "probs": [0.3, 0.3]},
+            "snr_db_params",
+            "sum to 1",
+        ),
+        (
+            {"type": "truncated_poisson", "lam": 2, "min": 5, "max": 3},
+            "snr_db_params",
+            "min=5",
+        ),
     ],
 )
-def test_distributions_bad_spec_names_key(spec: dict[str, Any], field: str, fragment: str) -> None:
+def test_distributions_bad_spec_names_key(
+    spec: dict[str, Any], field: str, fragment: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config({"snr_db_params": spec})
     assert caught.value.field == field
@@ -256,8 +352,10 @@ def test_distributions_cluster_range_checked() -> None:
 def test_distributions_mi_factor_range_checked() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(
-            {"control_mode": "mi_factor",
-             "mi_factor_params": {"type": "uniform", "min": 0.5, "max": 1.5}}
+            {
+                "control_mode": "mi_factor",
+                "mi_factor_params": {"type": "uniform", "min": 0.5, "max": 1.5},
+            }
         )
     assert caught.value.field == "mi_factor_params"
     assert "[0.0, 1.0]" in caught.value.message
@@ -266,5 +364,13 @@ def test_distributions_mi_factor_range_checked() -> None:
 def test_distributions_draws_need_no_warnings() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _draw({"type": "truncated_normal", "mean": 0.0, "std": 1.0, "min": 30.0, "max": 31.0})
+        _draw(
+            {
+                "type": "truncated_normal",
+                "mean": 0.0,
+                "std": 1.0,
+                "min": 30.0,
+                "max": 31.0,
+            }
+        )
         _draw({"type": "truncated_poisson", "lam": 1000.0, "min": 0, "max": 5})

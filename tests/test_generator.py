@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from gmmserve import noise
 from gmmserve.config import experiment_names, load_config
 from gmmserve.errors import ConfigError, LegacyKeyWarning
 from gmmserve.generator import ARRAY_NAMES, Batch, generate_batch
 from gmmserve.loader import GMMDataLoader
+from scipy import stats
 
 P_MIN = 1e-3
 
@@ -35,7 +34,10 @@ def _config(**overrides: Any) -> Any:
 
 
 def _batches(config: Any, count: int, batch_size: int, seed: int = 5) -> list[Batch]:
-    return [generate_batch(config, seed, "test", 0, index, batch_size) for index in range(count)]
+    return [
+        generate_batch(config, seed, "test", 0, index, batch_size)
+        for index in range(count)
+    ]
 
 
 def _stack(batches: list[Batch], name: str) -> np.ndarray:
@@ -103,7 +105,10 @@ def test_generator_labels_follow_weights() -> None:
 def test_generator_cluster_count_rounds_half_even() -> None:
     for value, expected in ((2.5, 2), (3.5, 4)):
         config = _config(cluster_params={"type": "fixed", "value": value})
-        assert generate_batch(config, 1, "test", 0, 0, 1).arrays["centers"].shape[1] == expected
+        assert (
+            generate_batch(config, 1, "test", 0, 0, 1).arrays["centers"].shape[1]
+            == expected
+        )
 
 
 def test_generator_point_count_truncates() -> None:
@@ -118,7 +123,7 @@ def _signal_variance_fsum(weights: np.ndarray, centers: np.ndarray) -> float:
         first = math.fsum(weights * centers[:, d])
         second = math.fsum(weights * centers[:, d] ** 2)
         total.append(second - first * first)
-    return math.fsum(total) / dim
+    return float(math.fsum(total) / dim)
 
 
 @pytest.mark.parametrize("name", experiment_names())
@@ -169,21 +174,26 @@ def test_generator_mi_mode_from_config() -> None:
     expected_target = np.clip(arrays["mi_target"], 1e-3 * h, 0.999 * h)
     assert np.array_equal(arrays["mi_target"], expected_target)
     assert np.all(arrays["mi_target"] >= 1e-3 * h)
-    assert np.all(np.abs(arrays["mi"] - arrays["mi_target"]) <= 1e-4 * arrays["mi_target"])
+    assert np.all(
+        np.abs(arrays["mi"] - arrays["mi_target"]) <= 1e-4 * arrays["mi_target"]
+    )
     assert np.array_equal(arrays["mi_factor"], np.clip(arrays["mi"] / h, 0, 1))
     assert len(set(arrays["mi_target"].tolist())) > 1
 
 
 def test_generator_mi_factor_mode_reports_factor() -> None:
     config = _config(
-        control_mode="mi_factor", mi_factor_params={"type": "uniform", "min": 0.0, "max": 1.0}
+        control_mode="mi_factor",
+        mi_factor_params={"type": "uniform", "min": 0.0, "max": 1.0},
     )
     arrays = generate_batch(config, 4, "test", 0, 0, 32).arrays
     h = noise.entropy(arrays["weights"])
     factor = arrays["mi_factor"]
     assert np.all((factor >= 0) & (factor <= 1))
     assert np.array_equal(arrays["mi_target"], noise.clip_mi_target(factor * h, h))
-    assert np.all(np.abs(arrays["mi"] - arrays["mi_target"]) <= 1e-4 * arrays["mi_target"])
+    assert np.all(
+        np.abs(arrays["mi"] - arrays["mi_target"]) <= 1e-4 * arrays["mi_target"]
+    )
     assert np.all(np.isfinite(arrays["noise_std"]))
     assert np.all(arrays["noise_std"] > 0)
 
@@ -256,9 +266,12 @@ def test_generator_tiny_alpha_never_fails(mode: str) -> None:
         assert np.all(arrays["noise_std"] > 0)
         assert np.all(np.isfinite(arrays["mi"]))
         assert np.all(np.isfinite(arrays["data"]))
-        degenerate = noise.signal_variance(
-            arrays["weights"], arrays["centers"].astype(np.float64)
-        ) == 0
+        degenerate = (
+            noise.signal_variance(
+                arrays["weights"], arrays["centers"].astype(np.float64)
+            )
+            == 0
+        )
         assert np.all(arrays["snr_db"][degenerate] == -math.inf)
     weights = _stack(batches, "weights")
     assert np.any(weights.max(axis=1) == 1.0)
@@ -266,7 +279,9 @@ def test_generator_tiny_alpha_never_fails(mode: str) -> None:
 
 def test_generator_mi_target_above_ln_k_rejected() -> None:
     with pytest.raises(ConfigError) as caught:
-        _config(control_mode="mi", mi_params={"type": "uniform", "min": 0.5, "max": 1.5})
+        _config(
+            control_mode="mi", mi_params={"type": "uniform", "min": 0.5, "max": 1.5}
+        )
     assert caught.value.field == "mi_params"
     assert "1.386294" in caught.value.message
     assert "[0, 1.386294)" in caught.value.message
@@ -280,7 +295,9 @@ def test_generator_mi_mode_needs_mi_params() -> None:
 
 def test_generator_negative_mi_target_rejected() -> None:
     with pytest.raises(ConfigError) as caught:
-        _config(control_mode="mi", mi_params={"type": "normal", "mean": 0.5, "std": 0.1})
+        _config(
+            control_mode="mi", mi_params={"type": "normal", "mean": 0.5, "std": 0.1}
+        )
     assert caught.value.field == "mi_params"
 
 
@@ -294,10 +311,13 @@ batch = generate_batch(load_config(raw), 123, "train", 2, 7, 16)
 print(batch.fingerprint())
 """
 
-_MODE_CONFIGS = {
+_MODE_CONFIGS: dict[str, dict[str, Any]] = {
     "snr": {"estimate_mi": True},
     "mi_factor": {"control_mode": "mi_factor"},
-    "mi": {"control_mode": "mi", "mi_params": {"type": "uniform", "min": 0.1, "max": 1.0}},
+    "mi": {
+        "control_mode": "mi",
+        "mi_params": {"type": "uniform", "min": 0.1, "max": 1.0},
+    },
 }
 
 
@@ -313,7 +333,10 @@ def test_generator_same_bits_in_new_process(mode: str) -> None:
     }
     output = subprocess.run(
         [sys.executable, "-c", _FINGERPRINT_CODE, json.dumps(raw)],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout.strip()
     batch = generate_batch(load_config(raw), 123, "train", 2, 7, 16)
     assert output == batch.fingerprint()
@@ -330,13 +353,20 @@ def test_generator_same_bits_after_restore() -> None:
         "mi_factor_params": {"type": "uniform", "min": 0.2, "max": 0.9},
         "vary_parameter_in_batch": True,
     }
-    loader = GMMDataLoader(raw, batch_size=8, num_samples=40, base_seed=3, loader_id="train")
+    loader = GMMDataLoader(
+        raw, batch_size=8, num_samples=40, base_seed=3, loader_id="train"
+    )
     iterator = iter(loader)
     next(iterator)
     next(iterator)
     state = json.loads(json.dumps(loader.state_dict()))
-    expected = [loader.batch_at(0, 2).fingerprint(), loader.batch_at(0, 3).fingerprint()]
-    restored = GMMDataLoader(raw, batch_size=8, num_samples=40, base_seed=3, loader_id="train")
+    expected = [
+        loader.batch_at(0, 2).fingerprint(),
+        loader.batch_at(0, 3).fingerprint(),
+    ]
+    restored = GMMDataLoader(
+        raw, batch_size=8, num_samples=40, base_seed=3, loader_id="train"
+    )
     restored.restore_state(state)
     assert (restored.current_epoch, restored.current_batch) == (0, 2)
     actual = [

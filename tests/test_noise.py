@@ -16,9 +16,8 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import integrate, stats
-
 from gmmserve import noise
+from scipy import integrate, stats
 
 MONTE_CARLO_POINTS = 1_000_000
 
@@ -44,7 +43,9 @@ def _two_cluster_mi(weights: np.ndarray, means: np.ndarray, sigma: float) -> flo
             )
             return -float(log_sum) * float(stats.norm.pdf(z))
 
-        value, _ = integrate.quad(integrand, -40, 40, epsabs=1e-14, epsrel=1e-12, limit=400)
+        value, _ = integrate.quad(
+            integrand, -40, 40, epsabs=1e-14, epsrel=1e-12, limit=400
+        )
         total += weights[k] * value
     return total
 
@@ -192,7 +193,9 @@ def test_noise_target_clip_range() -> None:
 
 def test_noise_degenerate_mixtures_defined() -> None:
     weights = np.array([[1.0, 0.0], [0.5, 0.5], [1.0, 0.0]])
-    means = np.array([[[0.0, 1.0], [2.0, 3.0]], [[1.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    means = np.array(
+        [[[0.0, 1.0], [2.0, 3.0]], [[1.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         s2 = noise.signal_variance(weights, means)
@@ -228,12 +231,18 @@ def test_noise_solver_same_bits_in_new_process() -> None:
         "print(s.tobytes().hex(), a.tobytes().hex())\n"
     )
     output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout.split()
     rng = np.random.default_rng(21)
     weights = rng.dirichlet(np.ones(12), size=3)
     means = rng.standard_normal((3, 12, 8))
-    sigma, achieved = noise.noise_std_for_mi(weights, means, 0.4 * noise.entropy(weights))
+    sigma, achieved = noise.noise_std_for_mi(
+        weights, means, 0.4 * noise.entropy(weights)
+    )
     assert output == [sigma.tobytes().hex(), achieved.tobytes().hex()]
 
 

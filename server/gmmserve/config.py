@@ -173,7 +173,9 @@ def canonical_json(value: Any) -> str:
 
 
 def _describe_value(value: Any) -> str:
-    text = json.dumps(value, default=repr) if not isinstance(value, float) else repr(value)
+    text = (
+        json.dumps(value, default=repr) if not isinstance(value, float) else repr(value)
+    )
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -186,16 +188,20 @@ def _format_validation_error(error: ValidationError, prefix: str = "") -> Config
     location = [part for part in location if part not in DISTRIBUTION_TYPES]
     field = ".".join(([prefix] if prefix else []) + location) or prefix or "config"
     message = first["msg"]
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
+    message = message.removeprefix("Value error, ")
     if first["type"] == "union_tag_invalid":
         message = (
-            f"unknown distribution type {first['input'].get('type')!r}; accepted "
-            f"types: {', '.join(DISTRIBUTION_TYPES)}"
-        ) if isinstance(first["input"], dict) else message
+            (
+                f"unknown distribution type {first['input'].get('type')!r}; accepted "
+                f"types: {', '.join(DISTRIBUTION_TYPES)}"
+            )
+            if isinstance(first["input"], dict)
+            else message
+        )
     elif first["type"] == "union_tag_not_found":
-        message = "a distribution spec needs a 'type' key; accepted types: " + ", ".join(
-            DISTRIBUTION_TYPES
+        message = (
+            "a distribution spec needs a 'type' key; accepted types: "
+            + ", ".join(DISTRIBUTION_TYPES)
         )
     elif first["type"] == "missing":
         message = "missing required key"
@@ -213,7 +219,9 @@ def _format_validation_error(error: ValidationError, prefix: str = "") -> Config
 def _accepted_keys(parent: tuple[Any, ...]) -> list[str]:
     """Return the keys accepted at a config path, for unknown-key errors."""
     if not parent:
-        return sorted([*_ResolvedConfig.model_fields, "vary_snr_in_batch", *LEGACY_KEYS])
+        return sorted(
+            [*_ResolvedConfig.model_fields, "vary_snr_in_batch", *LEGACY_KEYS]
+        )
     spec_type = parent[-1]
     from gmmserve import distributions
 
@@ -235,9 +243,7 @@ def _resolve_preset(key: str, value: Any) -> Any:
     return dict(table[value])
 
 
-def _integer_knob_range(
-    key: str, spec: Any, low: int, high: int, convert: str
-) -> None:
+def _integer_knob_range(key: str, spec: Any, low: int, high: int, convert: str) -> None:
     """Check that a bounded spec's converted support lies within [low, high].
 
     Specs with unbounded support (normal, poisson without max) are accepted
@@ -303,17 +309,14 @@ def load_config(
         else:
             raw = experiment_config(text)
     if not isinstance(raw, dict):
-        raise ConfigError(
-            "config", f"must be a JSON object, got {type(raw).__name__}"
-        )
+        raise ConfigError("config", f"must be a JSON object, got {type(raw).__name__}")
 
     values = dict(raw)
     for key in LEGACY_KEYS:
         if key in values:
             values.pop(key)
             warnings.warn(
-                f"config key {key!r} is accepted for compatibility and has no "
-                "effect",
+                f"config key {key!r} is accepted for compatibility and has no effect",
                 LegacyKeyWarning,
                 stacklevel=2,
             )
@@ -333,11 +336,18 @@ def load_config(
 
     if model.dim > limits.max_dim:
         raise ConfigError(
-            "dim", f"{model.dim} exceeds the limit; accepted range is [1, {limits.max_dim}]"
+            "dim",
+            f"{model.dim} exceeds the limit; accepted range is [1, {limits.max_dim}]",
         )
-    _integer_knob_range("cluster_params", model.cluster_params, 1, limits.max_clusters, "round")
     _integer_knob_range(
-        "sample_count_distribution", model.sample_count_distribution, 1, limits.max_points, "trunc"
+        "cluster_params", model.cluster_params, 1, limits.max_clusters, "round"
+    )
+    _integer_knob_range(
+        "sample_count_distribution",
+        model.sample_count_distribution,
+        1,
+        limits.max_points,
+        "trunc",
     )
     if model.control_mode == "snr":
         _float_knob_range(
@@ -374,7 +384,9 @@ def _check_mi_params(model: _ResolvedConfig, limits: Limits) -> None:
 
 
 def _reject_constant(name: str) -> float:
-    raise ConfigError("config", f"{name} is not a finite number; JSON configs accept none")
+    raise ConfigError(
+        "config", f"{name} is not a finite number; JSON configs accept none"
+    )
 
 
 def validate_spec(key: str, spec: Any) -> Any:

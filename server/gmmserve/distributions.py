@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -182,8 +182,10 @@ class TruncatedNormalSpec(_Spec):
                 f"min must be less than max, got min={self.min!r}, max={self.max!r}"
             )
         a, b = self._standard_bounds()
-        mass = stats.norm.sf(a) - stats.norm.sf(b) if a > 0 else (
-            stats.norm.cdf(b) - stats.norm.cdf(a)
+        mass = (
+            stats.norm.sf(a) - stats.norm.sf(b)
+            if a > 0
+            else (stats.norm.cdf(b) - stats.norm.cdf(a))
         )
         if not mass > 0.0:
             raise ValueError(
@@ -220,8 +222,10 @@ class TruncatedLognormalSpec(_Spec):
                 f"min must be less than max, got min={self.min!r}, max={self.max!r}"
             )
         a, b = self._standard_bounds()
-        mass = stats.norm.cdf(b) - stats.norm.cdf(a) if a <= 0 else (
-            stats.norm.sf(a) - stats.norm.sf(b)
+        mass = (
+            stats.norm.cdf(b) - stats.norm.cdf(a)
+            if a <= 0
+            else (stats.norm.sf(a) - stats.norm.sf(b))
         )
         if not mass > 0.0:
             raise ValueError(
@@ -381,17 +385,15 @@ SPEC_CLASSES = (
 )
 
 DistributionSpec = Annotated[
-    Union[
-        FixedSpec,
-        UniformSpec,
-        RangeSpec,
-        NormalSpec,
-        TruncatedNormalSpec,
-        TruncatedLognormalSpec,
-        PoissonSpec,
-        TruncatedPoissonSpec,
-        ChoiceSpec,
-    ],
+    FixedSpec
+    | UniformSpec
+    | RangeSpec
+    | NormalSpec
+    | TruncatedNormalSpec
+    | TruncatedLognormalSpec
+    | PoissonSpec
+    | TruncatedPoissonSpec
+    | ChoiceSpec,
     Field(discriminator="type"),
 ]
 

@@ -74,7 +74,9 @@ def loader_key(loader_id: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def derive_seed(base_seed: int | None, loader_id: str, random_seed: int | None) -> int | None:
+def derive_seed(
+    base_seed: int | None, loader_id: str, random_seed: int | None
+) -> int | None:
     """Return the effective seed of a loader.
 
     With a base seed: base_seed + (int(md5(loader_id), 16) mod 1000000), so
@@ -87,7 +89,9 @@ def derive_seed(base_seed: int | None, loader_id: str, random_seed: int | None) 
     return base_seed + offset
 
 
-def _stream(seed: int, loader_id: str, epoch: int, batch_index: int, stream: int) -> np.random.Generator:
+def _stream(
+    seed: int, loader_id: str, epoch: int, batch_index: int, stream: int
+) -> np.random.Generator:
     sequence = np.random.SeedSequence(
         entropy=seed, spawn_key=(loader_key(loader_id), epoch, batch_index, stream)
     )
@@ -186,7 +190,9 @@ def _draw_parameters(
 ) -> _Parameters:
     """Draw N, K, weights, centers and control values, in that order."""
     model = config.model
-    n_points = _to_count(model.sample_count_distribution.sample(params, 1), 1, max_points)
+    n_points = _to_count(
+        model.sample_count_distribution.sample(params, 1), 1, max_points
+    )
     n_clusters = _to_clusters(model.cluster_params.sample(params, 1), max_clusters)
     if n_clusters == 1:
         # Dirichlet with one component is the point mass at 1, but numpy's

@@ -238,8 +238,12 @@ class _Geometry:
         self.projected = np.matmul(coords, rule.nodes.T)
         clusters = weights.shape[1]
         nodes = len(rule.weights)
-        block = max(1, min(nodes, _WORK_ELEMENTS // (len(weights) * clusters * clusters)))
-        self.blocks = [slice(start, min(start + block, nodes)) for start in range(0, nodes, block)]
+        block = max(
+            1, min(nodes, _WORK_ELEMENTS // (len(weights) * clusters * clusters))
+        )
+        self.blocks = [
+            slice(start, min(start + block, nodes)) for start in range(0, nodes, block)
+        ]
 
     def evaluate(
         self, sigma: FloatArray, derivative: bool, workspace: _Workspace
@@ -380,7 +384,9 @@ def mutual_information_monte_carlo(
         Of the estimate, from the per-cluster sample variances.
     """
     clusters, dim = means.shape
-    log_weights = np.where(weights > 0, np.log(np.where(weights > 0, weights, 1.0)), -np.inf)
+    log_weights = np.where(
+        weights > 0, np.log(np.where(weights > 0, weights, 1.0)), -np.inf
+    )
     chunk = max(1, (1 << 22) // (clusters * dim))
     estimate = 0.0
     variance = 0.0
@@ -397,10 +403,14 @@ def mutual_information_monte_carlo(
                 2.0 * sigma * sigma
             )
             peak = logits.max(axis=1, keepdims=True)
-            log_posterior = logits - (peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True)))
+            log_posterior = logits - (
+                peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+            )
             posterior = np.exp(log_posterior)
             with np.errstate(invalid="ignore"):
-                terms = np.where(posterior > 0, posterior * (log_posterior - log_weights), 0.0)
+                terms = np.where(
+                    posterior > 0, posterior * (log_posterior - log_weights), 0.0
+                )
             divergence = terms.sum(axis=1)
             total += math.fsum(divergence)
             total_squares += math.fsum(divergence * divergence)
@@ -496,7 +506,10 @@ class _Residual:
     """
 
     def __init__(
-        self, weights: FloatArray, coords: FloatArray, h: FloatArray,
+        self,
+        weights: FloatArray,
+        coords: FloatArray,
+        h: FloatArray,
         target: FloatArray,
     ) -> None:
         self.weights = weights
@@ -506,7 +519,11 @@ class _Residual:
         self.workspace = _Workspace()
 
     def __call__(
-        self, t: FloatArray, items: NDArray[np.intp], fine: bool, derivative: bool = True
+        self,
+        t: FloatArray,
+        items: NDArray[np.intp],
+        fine: bool,
+        derivative: bool = True,
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Return phi, d phi / dt (NaN unless asked) and MI at e^t for ``items``.
 
@@ -548,14 +565,26 @@ def _solve(
     low = scale - _LOG_SIGMA_RANGE
     high = scale + _LOG_SIGMA_RANGE
     t, _, _ = _newton(
-        residual, np.clip(guess, low, high), low, high, target,
-        fine=False, iterations=_COARSE_ITERATIONS, tolerance=_COARSE_TOLERANCE,
+        residual,
+        np.clip(guess, low, high),
+        low,
+        high,
+        target,
+        fine=False,
+        iterations=_COARSE_ITERATIONS,
+        tolerance=_COARSE_TOLERANCE,
     )
     # The fine root lies close to the coarse one; a bracket of a factor e
     # either way only stops a runaway step.
     t, mi, _ = _newton(
-        residual, t, t - 1.0, t + 1.0, target,
-        fine=True, iterations=_FINE_ITERATIONS, tolerance=_FINE_TOLERANCE,
+        residual,
+        t,
+        t - 1.0,
+        t + 1.0,
+        target,
+        fine=True,
+        iterations=_FINE_ITERATIONS,
+        tolerance=_FINE_TOLERANCE,
         second_without_slope=True,
     )
     return np.exp(t), mi
@@ -614,7 +643,10 @@ def _newton(
         newton = position + step
         bracket_low, bracket_high = low[active], high[active]
         usable = (
-            np.isfinite(newton) & (dphi < 0) & (newton > bracket_low) & (newton < bracket_high)
+            np.isfinite(newton)
+            & (dphi < 0)
+            & (newton > bracket_low)
+            & (newton < bracket_high)
         )
         t[active] = np.where(usable, newton, 0.5 * (bracket_low + bracket_high))
     return t, estimate, slope
