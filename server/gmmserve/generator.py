@@ -18,12 +18,12 @@ Order of the draws within a batch (parameter stream, then point stream):
 5. the control value (SNR in dB, MI factor or MI target): one per item when
    ``vary_parameter_in_batch`` is true, else one shared by the batch;
 6. on the point stream: N iid labels per item from Categorical(w), one
-   uniform 32-bit integer each, then float32 unit normal noise z of shape
-   (B, N, D); the points are float32(center) + float32(sigma) * z.
+   float64 uniform each. Then float32 unit normal noise z of shape
+   (B, N, D), and the points are float32(center) + float32(sigma) * z.
 
 Centers are rounded to float32 before the noise level is computed, so the
-float32 centers a client receives give back ``snr_db`` and ``noise_std``
-exactly in float64. The noise level itself comes from :mod:`gmmserve.noise`.
+float32 centers a client receives give back ``snr_db`` and ``noise_std`` in
+float64 to within a few units in the last place. The noise level itself comes from :mod:`gmmserve.noise`.
 """
 
 from __future__ import annotations

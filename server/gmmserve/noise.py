@@ -29,8 +29,8 @@ estimate(sigma) = target by safeguarded Newton steps in log sigma with the
 analytic derivative: the coarse rule finds the root, then Newton steps with
 the fine rule refine it. The reported MI is the fine estimate at the returned
 sigma. Each item's steps depend only on its own mixture and target, and all
-of it is plain float64 numpy, so the same mixture and target give the same
-sigma, bit for bit, in any process on the same machine and numpy build.
+of it is plain float64 numpy. The same mixture and target therefore give the
+same sigma, bit for bit, in any process on the same machine and numpy build.
 
 A mixture with zero signal variance (one cluster, or one weight of exactly
 1) has MI 0 at every noise level and an undefined SNR. Such an item gets
@@ -89,8 +89,8 @@ _FINE_ITERATIONS = 8
 # Largest Newton step in log sigma.
 _MAX_STEP = 3.0
 _LOG_SIGMA_RANGE = 50.0
-# Items whose H(w) is below this many nats hold one cluster in all but
-# about 1e-14 of their mass; they are treated like zero signal variance.
+# An item whose H(w) is below this many nats has all but about 1e-14 of its
+# mass in one cluster, so it is treated like zero signal variance.
 MIN_ENTROPY = 1e-12
 # The coarse stage stops once |MI - target| <= this fraction of the target;
 # the fine stage stops at _FINE_TOLERANCE.
@@ -290,7 +290,7 @@ class _Estimator:
     """The MI estimate of B mixtures under one rule, geometry built once.
 
     Items are split into groups so each (b, j, k, n) work array stays near
-    1 MiB and in cache; the split changes no result because every item's
+    1 MiB and in cache. The split changes no result, because every item's
     arithmetic is independent of the others.
     """
 
@@ -527,7 +527,7 @@ class _Residual:
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Return phi, d phi / dt (NaN unless asked) and MI at e^t for ``items``.
 
-        ``t`` holds one value per listed item.
+        ``t`` has one value per listed item.
         """
         estimator = _Estimator(
             self.weights[items], self.coords[items], fine, self.workspace
