@@ -374,3 +374,12 @@ def test_distributions_draws_need_no_warnings() -> None:
             }
         )
         _draw({"type": "truncated_poisson", "lam": 1000.0, "min": 0, "max": 5})
+
+
+@pytest.mark.parametrize("key", ["mi_params", "mi_factor_params"])
+def test_distributions_no_presets_for_mi_keys(key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"control_mode": "mi", key: "high"})
+    assert caught.value.field == key
+    assert "unknown preset 'high'" in caught.value.message
+    assert "none (give a spec object)" in caught.value.message

@@ -325,7 +325,9 @@ def load_config(
     if "vary_snr_in_batch" in values:
         older = values.pop("vary_snr_in_batch")
         values.setdefault("vary_parameter_in_batch", older)
-    for key in PRESET_KEYS:
+    # mi_params and mi_factor_params have no presets, so a name there gets
+    # the same "unknown preset" error, listing none.
+    for key in (*PRESET_KEYS, "mi_params", "mi_factor_params"):
         if key in values:
             values[key] = _resolve_preset(key, values[key])
 
