@@ -705,6 +705,7 @@ class RpcFuzzer:
             session_id=rng.choice([self.session.id, self.random_id()]),
             window=rng.choice([0, 1, 3, 64, 65, 2**32 - 1]),
             max_batches=rng.choice([0, 1, 2, 5, 2**53, 2**64 - 1]),
+            takeover=rng.random() < 0.5,
         )
         if rng.random() < 0.7:
             start.start_global_index = rng.choice([0, 3, 2**53 - 1, 2**53, 2**64 - 1])
