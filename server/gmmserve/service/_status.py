@@ -106,12 +106,14 @@ def status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
 
     Errors that are not gmmserve's are logged with their traceback and
     become INTERNAL, with a message that points to the server log. Messages
-    longer than MAX_STATUS_MESSAGE_CHARS are cut.
+    longer than MAX_STATUS_MESSAGE_CHARS lose their middle, because the
+    field name leads a message and the reason and accepted range end it.
     """
     code, message = _status_for(error, method)
     if len(message) > MAX_STATUS_MESSAGE_CHARS:
-        cut = len(message) - MAX_STATUS_MESSAGE_CHARS
-        message = f"{message[:MAX_STATUS_MESSAGE_CHARS]}... ({cut} characters cut)"
+        keep = MAX_STATUS_MESSAGE_CHARS // 2
+        cut = len(message) - 2 * keep
+        message = f"{message[:keep]} ... ({cut} characters cut) ... {message[-keep:]}"
     return code, message
 
 
