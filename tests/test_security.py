@@ -650,3 +650,25 @@ def test_security_raw_stream_with_token(server: BackgroundServer, stub: Any) -> 
     assert stream.next_batch().global_index == 1
     stream.ack(1)
     assert stream.finish() is None
+
+
+def test_security_invalid_tls_files_fail_start(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    settings = ServerSettings(
+        port=0, data_dir=tmp_path / "data", tls_cert=garbage, tls_key=garbage
+    )
+    with pytest.raises(OSError, match="matching PEM certificate chain"):
+        BackgroundServer(settings).start()
+    missing = ServerSettings(
+        port=0,
+        data_dir=tmp_path / "data",
+        tls_cert=tmp_path / "missing.pem",
+        tls_key=garbage,
+    )
+    with pytest.raises(OSError, match="cannot read tls_cert"):
+        BackgroundServer(missing).start()
+    with pytest.raises(ValueError, match="must be given together"):
+        ServerSettings(tls_cert=garbage)
+    with pytest.raises(ValueError, match="tls_client_ca requires tls_cert"):
+        ServerSettings(tls_client_ca=garbage)

@@ -163,6 +163,13 @@ class GmmServer:
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         address = _address(settings.host, settings.port)
+        # gRPC reports unusable TLS credentials as a failed bind.
+        hint = ""
+        if credentials is not None:
+            hint = (
+                "; check also that tls_cert and tls_key are a matching PEM "
+                "certificate chain and private key"
+            )
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(address)
@@ -170,10 +177,10 @@ class GmmServer:
                 self.port = server.add_secure_port(address, credentials)
         except RuntimeError as error:
             await self._store.close()
-            raise OSError(f"failed to bind {address}: {error}") from None
+            raise OSError(f"failed to bind {address}: {error}{hint}") from None
         if self.port == 0:
             await self._store.close()
-            raise OSError(f"failed to bind {address}")
+            raise OSError(f"failed to bind {address}{hint}")
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
