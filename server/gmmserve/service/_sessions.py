@@ -53,6 +53,10 @@ class OpenStream:
     ----------
     stream_id : int
     session_id : str
+    start : int
+        Global index of the stream's first batch.
+    peer : str
+        The client's address, as gRPC reports it.
     end_status : tuple of (StatusCode, str) or None
         Set when something else (a restore, a close, shutdown) ends the
         stream; the message template may contain ``{cursor}``.
@@ -83,8 +87,8 @@ class LiveSession:
     loader: GMMDataLoader
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     streams: set[OpenStream] = field(default_factory=set)
-    # Set whenever a stream of the session closes, for a StreamStart that
-    # waits for the previous stream to end.
+    # Notified whenever a stream of the session closes, for a StreamStart
+    # that waits for the previous stream to end.
     stream_closed: asyncio.Condition = field(default_factory=asyncio.Condition)
     # time.monotonic() of the last call that used the session.
     last_used: float = field(default_factory=time.monotonic)
