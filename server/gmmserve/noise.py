@@ -76,7 +76,7 @@ DEGENERATE_NOISE_STD = 1.0
 MI_TARGET_MARGIN = 1e-3
 
 # Gauss-Hermite points per axis for ranks 1 to 3, as (coarse, fine).
-_HERMITE_POINTS = {1: (8, 48), 2: (5, 12), 3: (4, 8)}
+_HERMITE_POINTS = {1: (8, 48), 2: (5, 10), 3: (4, 8)}
 # log2 of the Sobol points for ranks >= 4, as (coarse, fine); the mirrored
 # rule has twice as many nodes.
 _SOBOL_LOG2_POINTS = (8, 13)
