@@ -246,7 +246,7 @@ def _stub(channel: grpc.Channel) -> Any:
     return stub_class(channel)
 
 
-def _create_session(stub: Any) -> gmmserve_pb2.SessionInfo:
+def _create_session(stub: Any) -> gmmserve_pb2.CreateSessionResponse:
     spec = gmmserve_pb2.SessionSpec(
         experiment="simple",
         seed=SESSION_SEED,
@@ -257,8 +257,12 @@ def _create_session(stub: Any) -> gmmserve_pb2.SessionInfo:
     created = stub.CreateSession(
         gmmserve_pb2.CreateSessionRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS
     )
-    session: gmmserve_pb2.SessionInfo = created.session
-    return session
+    response: gmmserve_pb2.CreateSessionResponse = created
+    return response
+
+
+def _token_metadata(created: gmmserve_pb2.CreateSessionResponse) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {created.session_token}"),)
 
 
 def _expected_arrays(seed: int) -> dict[str, NDArray[Any]]:
@@ -302,13 +306,16 @@ def test_container_streams_batch(container: _Container) -> None:
     target = f"127.0.0.1:{container.port}"
     with grpc.insecure_channel(target) as channel:
         stub = _stub(channel)
-        session = _create_session(stub)
+        created = _create_session(stub)
+        session = created.session
         start = gmmserve_pb2.StreamBatchesRequest(
             start=gmmserve_pb2.StreamStart(session_id=session.session_id, max_batches=1)
         )
         done = threading.Event()
         call = stub.StreamBatches(
-            _requests_until(start, done), timeout=RPC_TIMEOUT_SECONDS
+            _requests_until(start, done),
+            timeout=RPC_TIMEOUT_SECONDS,
+            metadata=_token_metadata(created),
         )
         try:
             response = next(call)
@@ -344,7 +351,8 @@ def test_container_stops_cleanly_on_sigterm(container: _Container) -> None:
     # open, waiting for an Ack, when SIGTERM arrives.
     with grpc.insecure_channel(f"127.0.0.1:{container.port}") as channel:
         stub = _stub(channel)
-        session = _create_session(stub)
+        created = _create_session(stub)
+        session = created.session
         start = gmmserve_pb2.StreamBatchesRequest(
             start=gmmserve_pb2.StreamStart(
                 session_id=session.session_id, window=1, max_batches=0
@@ -352,7 +360,9 @@ def test_container_stops_cleanly_on_sigterm(container: _Container) -> None:
         )
         done = threading.Event()
         call = stub.StreamBatches(
-            _requests_until(start, done), timeout=RPC_TIMEOUT_SECONDS
+            _requests_until(start, done),
+            timeout=RPC_TIMEOUT_SECONDS,
+            metadata=_token_metadata(created),
         )
         try:
             first = next(call)
