@@ -136,8 +136,13 @@ def test_store_set_cursor_compare_and_set(tmp_path: Path) -> None:
         updated = await store.set_cursor("ses_a", 5, expected_generation=0)
         assert updated.cursor == 5
         assert updated.generation == 1
-        with pytest.raises(CursorConflictError, match="generation 1, expected 0"):
+        with pytest.raises(CursorConflictError) as caught:
             await store.set_cursor("ses_a", 9, expected_generation=0)
+        message = str(caught.value)
+        assert "another stream or server moved the committed cursor" in message
+        assert "session ses_a to batch 5" in message
+        assert "reconnect" in message
+        assert "generation" not in message
         unguarded = await store.set_cursor("ses_a", 2)
         assert unguarded.cursor == 2
         assert unguarded.generation == 2

@@ -270,10 +270,13 @@ class SQLiteStore(Store):
                 expected_generation is not None
                 and record.generation != expected_generation
             ):
+                # The write count stays out of the message: it means nothing
+                # to a client, which only needs to reconnect.
                 raise CursorConflictError(
-                    f"session {session_id!r} cursor is at generation "
-                    f"{record.generation}, expected {expected_generation}: another "
-                    "writer moved it"
+                    f"another stream or server moved the committed cursor of "
+                    f"session {session_id} to batch {record.cursor} since this "
+                    "stream last wrote it; reconnect, and the client resumes "
+                    "from the last batch it received"
                 )
             now = time.time()
             connection.execute(
