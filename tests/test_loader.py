@@ -436,3 +436,78 @@ def test_loader_explicit_seed_overrides_derivation(small_config):
 def test_loader_rejects_out_of_range_seed(small_config, seed):
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 9007199254740991\]"):
         make_loader(small_config, seed=seed)
+
+
+def test_loader_accepts_numpy_integers(small_config):
+    loader = make_loader(small_config, batch_size=np.int64(4), num_samples=np.int32(10))
+    loader.seek(np.int64(1), np.int64(2))
+    assert loader.batch_size == 4
+    assert type(loader.batch_size) is int
+    assert (loader.current_epoch, loader.current_batch) == (1, 2)
+
+
+def test_loader_default_id_is_stable_across_processes(small_config, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import json
+        from gmmserve.loader import GMMDataLoader
+        loader = GMMDataLoader({small_config!r}, batch_size=4, num_samples=10)
+        data, _ = next(loader)
+        print(loader.loader_id, data.tobytes().hex()[:64])
+        """
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(2)
+    }
+    assert len(outputs) == 1
+    assert outputs.pop().startswith("default ")
+
+
+def test_loader_seek_rejects_global_index_past_json_limit(small_config):
+    loader = make_loader(small_config)
+    last_epoch = (2**53 - 1) // len(loader)
+    loader.seek(last_epoch, 0)
+    with pytest.raises(ValueError, match=r"epoch must be an integer in \[0, "):
+        loader.seek(last_epoch + 1, 0)
+
+
+def test_loader_far_position_round_trips_through_state(small_config):
+    loader = make_loader(small_config)
+    loader.seek((2**53 - 1) // len(loader), 0)
+    resumed = make_loader(small_config)
+    resumed.restore_state(json.loads(json.dumps(loader.state_dict())))
+    assert (resumed.current_epoch, resumed.current_batch) == (loader.current_epoch, 0)
+
+
+def test_loader_restore_without_format_version_is_malformed(small_config):
+    state = make_loader(small_config).state_dict()
+    del state["format_version"]
+    with pytest.raises(StateError, match="no 'format_version'") as raised:
+        make_loader(small_config).restore_state(state)
+    assert not isinstance(raised.value, StateMismatchError)
+
+
+def test_loader_seed_mismatch_names_loader_ids(small_config):
+    state = make_loader(small_config, loader_id="train").state_dict()
+    with pytest.raises(StateMismatchError, match="loader_id is 'train'.*'val'"):
+        make_loader(small_config, loader_id="val").restore_state(state)
+
+
+def test_save_state_keeps_file_mode(small_config, tmp_path):
+    path = tmp_path / "state.json"
+    loader = make_loader(small_config)
+    loader.save_state(path)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+    path.chmod(0o640)
+    loader.save_state(path)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def _current_umask() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    raise AssertionError("no Umask line in /proc/self/status")

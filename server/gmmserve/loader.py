@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import os
 import secrets
 import warnings
@@ -179,6 +180,21 @@ def load_generator_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_state_file(path)
 
 
+def _checked_integer(name: str, value: Any, low: int, high: int) -> int:
+    """Return ``value`` as an int, accepting numpy integers, or raise ValueError."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be an integer in [{low}, {high}], got {value!r}"
+        ) from None
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {number!r}")
+    return number
+
+
 class GMMDataLoader:
     """Batches and epochs of synthetic GMM datasets, resumable bit for bit.
 
@@ -197,8 +213,8 @@ class GMMDataLoader:
         When given, the seed is base_seed + (md5(loader_id) mod 10^6);
         otherwise the config's ``random_seed``; when that is null too, a
         random seed that ``save_state`` records.
-    loader_id : str, optional
-        Keys the random stream; defaults to ``"loader_<id(self)>"``.
+    loader_id : str, default "default"
+        Keys the random stream, so loaders "train" and "val" differ.
     fixed_data : bool, default False
         Every epoch repeats the batches of epoch 0.
     state_path : str or path, optional
@@ -237,31 +253,12 @@ class GMMDataLoader:
         limits: Limits = DEFAULT_LIMITS,
         seed: int | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not (
-            1 <= batch_size <= limits.max_batch_size
-        ):
-            raise ValueError(
-                f"batch_size must be an integer in [1, {limits.max_batch_size}], "
-                f"got {batch_size!r}"
-            )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not (
-            1 <= num_samples <= MAX_SEED
-        ):
-            raise ValueError(
-                f"num_samples must be an integer in [1, {MAX_SEED}], got {num_samples!r}"
-            )
-        if base_seed is not None and (
-            isinstance(base_seed, bool)
-            or not isinstance(base_seed, int)
-            or not 0 <= base_seed <= MAX_SEED - 1_000_000
-        ):
-            raise ValueError(
-                f"base_seed must be an integer in [0, {MAX_SEED - 1_000_000}], got {base_seed!r}"
-            )
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
-        ):
-            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+        batch_size = _checked_integer("batch_size", batch_size, 1, limits.max_batch_size)
+        num_samples = _checked_integer("num_samples", num_samples, 1, MAX_SEED)
+        if base_seed is not None:
+            base_seed = _checked_integer("base_seed", base_seed, 0, MAX_SEED - 1_000_000)
+        if seed is not None:
+            seed = _checked_integer("seed", seed, 0, MAX_SEED)
         if resume and state_path is None:
             raise ValueError("state_path must be provided when resume=True")
 
@@ -274,7 +271,9 @@ class GMMDataLoader:
         self.num_samples = num_samples
         self.device = device
         self.base_seed = base_seed
-        self.loader_id = loader_id if loader_id is not None else f"loader_{id(self)}"
+        # A stable default keeps the stream, and so resume, the same from run
+        # to run; a per-object default would give every process other data.
+        self.loader_id = loader_id if loader_id is not None else "default"
         self.fixed_data = fixed_data
         self.state_path = state_path
         self.resume = resume
@@ -375,16 +374,19 @@ class GMMDataLoader:
         return torch.from_numpy(data).to(self.device), converted
 
     def seek(self, epoch: int, batch: int) -> None:
-        """Move to (epoch, batch); batch may equal batches_per_epoch (epoch end)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        if (
-            isinstance(batch, bool)
-            or not isinstance(batch, int)
-            or not 0 <= batch <= self.batches_per_epoch
-        ):
+        """Move to (epoch, batch); batch may equal batches_per_epoch (epoch end).
+
+        The global index epoch * batches_per_epoch + batch must stay within
+        [0, 2^53 - 1], so that every position a state document holds is exact
+        in any JSON reader and can be restored.
+        """
+        max_epoch = MAX_SEED // self.batches_per_epoch
+        epoch = _checked_integer("epoch", epoch, 0, max_epoch)
+        batch = _checked_integer("batch", batch, 0, self.batches_per_epoch)
+        if epoch * self.batches_per_epoch + batch > MAX_SEED:
             raise ValueError(
-                f"batch must be an integer in [0, {self.batches_per_epoch}], got {batch!r}"
+                f"position (epoch {epoch}, batch {batch}) has global index "
+                f"{epoch * self.batches_per_epoch + batch}, above the limit {MAX_SEED}"
             )
         self.current_epoch = epoch
         self.current_batch = batch
@@ -466,8 +468,16 @@ class GMMDataLoader:
         loader_state = validate_state(state)
         stored_seed = loader_state["seed"]
         if stored_seed != self.seed and not self._seed_chosen:
+            detail = ""
+            if loader_state["loader_id"] != self.loader_id:
+                detail = (
+                    f" (the state's loader_id is {loader_state['loader_id']!r} and "
+                    f"this loader's is {self.loader_id!r}; with a base seed the "
+                    "effective seed depends on the loader id)"
+                )
             raise StateMismatchError(
-                f"state seed {stored_seed} differs from this loader's seed {self.seed}"
+                f"state seed {stored_seed} differs from this loader's seed "
+                f"{self.seed}{detail}"
             )
         check_fingerprint(state, config_seed_fingerprint(self.config.resolved, stored_seed))
         for key in ("param_generator_state", "data_generator_state"):

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +62,14 @@ def atomic_write_json(path: str | os.PathLike[str], document: dict[str, Any]) ->
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(document, sort_keys=True, allow_nan=False)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-    )
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    # Mode 0666 under the umask, like open() gives a new file; a file being
+    # replaced keeps its own mode.
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            if target.exists():
+                os.fchmod(stream.fileno(), target.stat().st_mode & 0o777)
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
@@ -131,6 +133,11 @@ def validate_state(document: dict[str, Any]) -> dict[str, Any]:
     StateError
         When a section or field is missing or out of range.
     """
+    if "format_version" not in document:
+        raise StateError(
+            "state document has no 'format_version'; it is not a gmmserve state "
+            "(expected the JSON that GMMDataLoader.save_state writes)"
+        )
     version = document.get("format_version")
     if version != FORMAT_VERSION:
         raise StateMismatchError(
@@ -167,6 +174,3 @@ def check_fingerprint(document: dict[str, Any], expected: str) -> None:
             "the state was saved with another config or seed"
         )
 
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
