@@ -32,6 +32,7 @@ import logging
 import math
 import random
 import re
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -997,6 +998,10 @@ def run(
         rpc_fuzzer.session.info()
     for finding in scan_store(work_dir / "gmmserve.sqlite3"):
         tally.failures.append(Finding("store", finding, "non-finite value stored"))
+    if tally.failures:
+        print(f"server data and log kept in {work_dir}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
     return tally
 
 
