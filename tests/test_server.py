@@ -818,3 +818,82 @@ def test_server_half_close_sends_rest_of_window(
     assert received == [1, 2, 3]
     assert stream.finish() is None
     assert cursor_of(stub, info.session_id) == 1
+
+
+def test_server_rejects_decreasing_ack(stub: pb_grpc.GmmServiceStub) -> None:
+    info = small_session(stub)
+    stream = BatchStream(stub, session_id=info.session_id, window=4)
+    received = [stream.next_batch().global_index for _ in range(4)]
+    assert received == [0, 1, 2, 3]
+    stream.ack(2)
+    assert wait_for_cursor(stub, info.session_id, 3) == 3
+    # A repeat of the highest Ack changes nothing and keeps the stream open.
+    stream.ack(2)
+    stream.ack(0)
+    error = stream.finish()
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ack.global_index" in error.details()
+    assert "0 is below 2" in error.details()
+    assert cursor_of(stub, info.session_id) == 3
+
+
+def test_server_new_stream_start_rewinds(stub: pb_grpc.GmmServiceStub) -> None:
+    info = small_session(stub)
+    first = BatchStream(stub, session_id=info.session_id, window=4)
+    for _ in range(4):
+        first.next_batch()
+    first.ack(3)
+    assert wait_for_cursor(stub, info.session_id, 4) == 4
+    first.cancel()
+    rewind = BatchStream(
+        stub, session_id=info.session_id, start_global_index=1, window=1
+    )
+    assert rewind.next_batch().global_index == 1
+    rewind.ack(1)
+    assert wait_for_cursor(stub, info.session_id, 2) == 2
+    rewind.cancel()
+
+
+def test_server_positions_stop_below_2_pow_53(
+    stub: pb_grpc.GmmServiceStub,
+) -> None:
+    last = 2**53 - 1
+    info = small_session(stub, batch_size=8, samples_per_epoch=8)
+    assert info.batches_per_epoch == 1
+    too_far = BatchStream(stub, session_id=info.session_id, start_global_index=last)
+    error = too_far.finish()
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start.start_global_index" in error.details()
+    assert f"[0, {last - 1}]" in error.details()
+    assert str(last) in error.details()
+
+    # The stream sends batch 2^53 - 2 and then stops with OK after its Ack,
+    # though the window allows more, because the cursor is then 2^53 - 1.
+    stream = BatchStream(
+        stub, session_id=info.session_id, start_global_index=last - 1, window=4
+    )
+    assert stream.next_batch().global_index == last - 1
+    stream.ack(last - 1)
+    assert stream.finish() is None
+    assert stream.skipped_responses == 0
+    assert cursor_of(stub, info.session_id) == last
+
+    snapshot = stub.Snapshot(
+        pb.SnapshotRequest(session_id=info.session_id), timeout=RPC_TIMEOUT_S
+    )
+    assert snapshot.position.global_index == last
+    restored = stub.Restore(
+        pb.RestoreRequest(
+            session_id=info.session_id, snapshot_id=snapshot.snapshot_id
+        ),
+        timeout=RPC_TIMEOUT_S,
+    )
+    assert restored.session.position.global_index == last
+
+    at_cursor = BatchStream(stub, session_id=info.session_id)
+    error = at_cursor.finish()
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"committed cursor {last}" in error.details()

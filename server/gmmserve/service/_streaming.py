@@ -110,11 +110,16 @@ class _BatchStream:
         self.handle = handle
         self.start = start
         self.window = window
-        self.end = start + max_batches if max_batches else None
+        # Sends stop below MAX_SEED, because the Ack of batch MAX_SEED would
+        # move the cursor past the largest global index a state may hold.
+        self.end = min(start + max_batches, MAX_SEED) if max_batches else MAX_SEED
         self.next_send = start
         # Every batch below this index has been acknowledged; the window
         # counts from here.
         self.acked_through = start
+        # The highest index acknowledged on this stream, or None before the
+        # first Ack. A lower Ack is rejected, so no stream moves the cursor back.
+        self.highest_ack: int | None = None
         self.sent = 0
         self.acked = 0
         self.half_closed = False
@@ -123,8 +128,7 @@ class _BatchStream:
         self.next_schedule = start
 
     def _window_end(self) -> int:
-        window_end = self.acked_through + self.window
-        return window_end if self.end is None else min(window_end, self.end)
+        return min(self.acked_through + self.window, self.end)
 
     def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
@@ -147,7 +151,7 @@ class _BatchStream:
             while True:
                 self._raise_if_ended()
                 self._schedule()
-                if self.end is not None and self.acked_through >= self.end:
+                if self.acked_through >= self.end:
                     return
                 can_send = self.next_send < self._window_end()
                 if self.half_closed and not can_send:
@@ -215,6 +219,16 @@ class _BatchStream:
                 "ack.global_index",
                 f"{index} is out of range; the accepted range is {accepted}",
             )
+        if self.highest_ack is not None and index <= self.highest_ack:
+            if index < self.highest_ack:
+                raise ConfigError(
+                    "ack.global_index",
+                    f"{index} is below {self.highest_ack}, the highest index this "
+                    "stream acknowledged; acknowledgements must not decrease. To "
+                    "rewind, open a new stream with start_global_index",
+                )
+            return
+        self.highest_ack = index
         if await self.registry.acknowledge(self.live, self.handle, index + 1):
             self.acked_through = max(self.acked_through, index + 1)
             self.acked += 1
@@ -237,10 +251,12 @@ def _check_start(start: pb.StreamStart, settings: ServerSettings) -> tuple[int, 
             f"{window} is out of range; accepted range is [1, {settings.max_window}] "
             f"(0 selects {settings.default_window})",
         )
-    if start.HasField("start_global_index") and start.start_global_index > MAX_SEED:
+    if start.HasField("start_global_index") and start.start_global_index >= MAX_SEED:
         raise ConfigError(
             "start.start_global_index",
-            f"{start.start_global_index} is out of range; accepted range is [0, {MAX_SEED}]",
+            f"{start.start_global_index} is out of range; accepted range is "
+            f"[0, {MAX_SEED - 1}], because global indices and cursors stop at "
+            f"2^53 - 1 = {MAX_SEED}",
         )
     if start.max_batches > MAX_SEED:
         raise ConfigError(
@@ -335,6 +351,13 @@ async def stream_batches(
         start = start_request.start_global_index
     else:
         start = live.record.cursor
+        if start >= MAX_SEED:
+            raise ConfigError(
+                "start.start_global_index",
+                f"is absent and the committed cursor {start} is at the last "
+                f"global index, 2^53 - 1 = {MAX_SEED}, so no batch is left to "
+                "send; restore a snapshot or pass a start_global_index below it",
+            )
     handle = registry.open_stream(live, start, context.peer())
     stream = _BatchStream(
         registry, settings, executor, live, handle, start, window, max_batches
