@@ -332,3 +332,86 @@ def test_cli_requires_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
         main([])
     assert caught.value.code == 2
     assert "required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["bench", "--batches", "0"],
+            "argument --batches: 0 is out of range; accepted range is [1, 1000000]",
+        ),
+        (
+            ["serve", "--grace-s", "-1"],
+            (
+                "argument --grace-s/--grace: -1 is out of range; accepted range is "
+                "[0, 86400] seconds"
+            ),
+        ),
+        (
+            ["demo", "--batch-size", "0"],
+            "argument --batch-size: 0 is out of range; accepted range is [1, 4096]",
+        ),
+        (
+            ["demo", "--seed", "-5"],
+            (
+                "argument --seed: -5 is out of range; accepted range is "
+                "[0, 9007199253740991]"
+            ),
+        ),
+        (
+            ["demo", "--samples-per-epoch", "8"],
+            "argument --samples-per-epoch: 8 must exceed --batch-size 8",
+        ),
+        (
+            ["sessions", "create", "--experiment", "simple", "--seed", "-1"],
+            (
+                "argument --seed: -1 is out of range; accepted range is "
+                "[0, 9007199253740991]"
+            ),
+        ),
+        (
+            ["sessions", "create", "--experiment", "simple", "--batch-size", "5e9"],
+            (
+                "argument --batch-size: '5e9' is not an integer; accepted range is "
+                "[1, 4294967295]"
+            ),
+        ),
+        (
+            [
+                "sessions",
+                "create",
+                "--experiment",
+                "simple",
+                "--batch-size",
+                "5000000000",
+            ],
+            (
+                "argument --batch-size: 5000000000 is out of range; accepted range is "
+                "[1, 4294967295]"
+            ),
+        ),
+        (
+            ["bench", "--window", "65"],
+            "argument --window: 65 is out of range; accepted range is [1, 64]",
+        ),
+    ],
+)
+def test_cli_flag_out_of_range(
+    capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_cli_serve_data_dir_is_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data_file = tmp_path / "afile"
+    data_file.write_text("")
+    status = main(["serve", "--port", "0", "--data-dir", str(data_file)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert f"--data-dir '{data_file}' exists but is not a directory" in error

@@ -32,17 +32,31 @@ from gmmserve_client import (
 from rich.console import Console
 from rich.table import Table
 
+from gmmserve.config import DEFAULT_LIMITS, MAX_SEED
 from gmmserve.service._arguments import (
     OPERATOR_TOKEN_ENV,
     add_server_arguments,
+    float_in_range,
+    int_in_range,
     read_token_file,
 )
+from gmmserve.service._settings import ServerSettings
 
 __all__ = ["build_parser", "main"]
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+# Accepted flag values. A base seed leaves room for the loader id's offset
+# of up to 10^6, and the wire format carries batch sizes as uint32. The demo
+# and bench servers run with the default limits and window.
+_SEED = int_in_range(0, MAX_SEED - 1_000_000)
+_WIRE_BATCH_SIZE = int_in_range(1, 2**32 - 1)
+_LOCAL_BATCH_SIZE = int_in_range(1, DEFAULT_LIMITS.max_batch_size)
+_SAMPLES_PER_EPOCH = int_in_range(1, MAX_SEED)
+_LOCAL_WINDOW = int_in_range(1, ServerSettings().max_window)
+_SECONDS = float_in_range(0.001, 24 * 3600, "seconds")
 
 
 def _format_time(seconds: float) -> str:
@@ -322,7 +336,7 @@ def _add_sessions_parser(
         )
         parser.add_argument(
             "--timeout-s",
-            type=float,
+            type=_SECONDS,
             default=10.0,
             help="deadline of each call in seconds (default 10)",
         )
@@ -352,13 +366,21 @@ def _add_sessions_parser(
         "--experiment", help="bundled experiment config, such as standard"
     )
     source.add_argument("--config-file", help="path of a JSON data config")
-    create.add_argument("--seed", type=int, help="base seed (default: the config's)")
+    create.add_argument("--seed", type=_SEED, help="base seed (default: the config's)")
     create.add_argument(
         "--loader-id", default="default", help="loader id (default 'default')"
     )
-    create.add_argument("--batch-size", type=int, default=16, help="datasets per batch")
     create.add_argument(
-        "--samples-per-epoch", type=int, default=1000, help="datasets per epoch"
+        "--batch-size",
+        type=_WIRE_BATCH_SIZE,
+        default=16,
+        help="datasets per batch (default 16; the server's limit applies)",
+    )
+    create.add_argument(
+        "--samples-per-epoch",
+        type=_SAMPLES_PER_EPOCH,
+        default=1000,
+        help="datasets per epoch (default 1000)",
     )
     create.add_argument(
         "--fixed-data", action="store_true", help="repeat the batches of epoch 0"
@@ -401,18 +423,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill and restart a server and check every config resumes bit for bit",
     )
     demo.add_argument(
-        "--batch-size", type=int, default=8, help="datasets per batch (default 8)"
+        "--batch-size",
+        type=_LOCAL_BATCH_SIZE,
+        default=8,
+        help="datasets per batch (default 8)",
     )
     demo.add_argument(
         "--samples-per-epoch",
-        type=int,
+        type=_SAMPLES_PER_EPOCH,
         default=20,
         help="datasets per epoch (default 20, so 3 batches per epoch at batch size 8)",
     )
-    demo.add_argument("--seed", type=int, default=2024, help="base seed (default 2024)")
+    demo.add_argument(
+        "--seed", type=_SEED, default=2024, help="base seed (default 2024)"
+    )
     demo.add_argument(
         "--startup-timeout-s",
-        type=float,
+        type=_SECONDS,
         default=30.0,
         help="seconds to wait for the server to accept connections (default 30)",
     )
@@ -425,26 +452,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default="standard", help="experiment config (default standard)"
     )
     bench.add_argument(
-        "--batch-size", type=int, default=64, help="datasets per batch (default 64)"
+        "--batch-size",
+        type=_LOCAL_BATCH_SIZE,
+        default=64,
+        help="datasets per batch (default 64)",
     )
     bench.add_argument(
         "--batches",
-        type=int,
+        type=int_in_range(1, 1_000_000),
         default=200,
         help="maximum batches per measurement (default 200)",
     )
     bench.add_argument(
         "--seconds",
-        type=float,
+        type=_SECONDS,
         default=10.0,
         help="maximum seconds per measurement (default 10)",
     )
     bench.add_argument(
-        "--window", type=int, default=8, help="stream window in batches (default 8)"
+        "--window",
+        type=_LOCAL_WINDOW,
+        default=8,
+        help="stream window in batches (default 8)",
     )
     bench.add_argument(
         "--samples-per-epoch",
-        type=int,
+        type=_SAMPLES_PER_EPOCH,
         default=100_000,
         help="datasets per epoch of the benchmark session (default 100000)",
     )
@@ -463,6 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``gmmserve`` command and return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "demo" and args.samples_per_epoch <= args.batch_size:
+        parser.error(
+            f"argument --samples-per-epoch: {args.samples_per_epoch} must exceed "
+            f"--batch-size {args.batch_size}, so that an epoch has 2 or more batches"
+        )
     level = args.log_level
     if level is None:
         level = "INFO" if args.command == "serve" else "WARNING"

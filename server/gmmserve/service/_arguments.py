@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from gmmserve.config import DEFAULT_LIMITS
@@ -16,6 +17,8 @@ from gmmserve.service._settings import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
 __all__ = [
     "OPERATOR_TOKEN_ENV",
     "add_server_arguments",
+    "float_in_range",
+    "int_in_range",
     "read_token_file",
     "settings_from_arguments",
 ]
@@ -25,58 +28,128 @@ _LOGGER = logging.getLogger(__name__)
 OPERATOR_TOKEN_ENV = "GMMSERVE_OPERATOR_TOKEN"
 _DEFAULTS = ServerSettings()
 
-# Flag, type, default and help text of each limit. The flag without its
-# dashes is the Limits or ServerSettings field it sets.
-_LIMIT_FLAGS: tuple[tuple[str, type, float, str], ...] = (
-    ("--max-dim", int, DEFAULT_LIMITS.max_dim, "largest config dimension"),
-    ("--max-clusters", int, DEFAULT_LIMITS.max_clusters, "largest cluster count"),
-    ("--max-points", int, DEFAULT_LIMITS.max_points, "largest points per sample"),
+# Upper bound of the limit flags whose settings have only a lower bound.
+_LARGE = 2**53 - 1
+
+
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """Return an argparse ``type`` that parses an integer in ``[low, high]``.
+
+    argparse prefixes the ArgumentTypeError message with the flag, so an
+    error names the flag, the value and the accepted range.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an integer; accepted range is [{low}, {high}]"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range; accepted range is [{low}, {high}]"
+            )
+        return value
+
+    return parse
+
+
+def float_in_range(low: float, high: float, unit: str = "") -> Callable[[str], float]:
+    """Return an argparse ``type`` that parses a finite float in ``[low, high]``."""
+    suffix = f" {unit}" if unit else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number; accepted range is "
+                f"[{low:g}, {high:g}]{suffix}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range; accepted range is [{low:g}, {high:g}]{suffix}"
+            )
+        return value
+
+    return parse
+
+
+# Flag, parser, default and help text of each limit. The flag without its
+# dashes is the Limits or ServerSettings field it sets. Each parser accepts
+# the range that ServerSettings checks, or up to _LARGE where it checks only
+# the lower bound.
+_LIMIT_FLAGS: tuple[tuple[str, Callable[[str], float], float, str], ...] = (
+    (
+        "--max-dim",
+        int_in_range(1, _LARGE),
+        DEFAULT_LIMITS.max_dim,
+        "largest config dimension",
+    ),
+    (
+        "--max-clusters",
+        int_in_range(1, _LARGE),
+        DEFAULT_LIMITS.max_clusters,
+        "largest cluster count",
+    ),
+    (
+        "--max-points",
+        int_in_range(1, _LARGE),
+        DEFAULT_LIMITS.max_points,
+        "largest points per sample",
+    ),
     (
         "--max-batch-size",
-        int,
+        int_in_range(1, _LARGE),
         DEFAULT_LIMITS.max_batch_size,
         "largest datasets per batch",
     ),
     (
         "--max-batch-elements",
-        int,
+        int_in_range(1, _LARGE),
         DEFAULT_LIMITS.max_batch_elements,
         "largest float count of one batch's points",
     ),
     (
         "--max-sessions",
-        int,
+        int_in_range(1, 100_000_000),
         _DEFAULTS.max_sessions,
         "sessions the store may hold",
     ),
     (
         "--max-snapshots-per-session",
-        int,
+        int_in_range(1, 1_000_000),
         _DEFAULTS.max_snapshots_per_session,
         "snapshots one session may hold",
     ),
-    ("--max-streams", int, _DEFAULTS.max_streams, "open streams at once"),
+    (
+        "--max-streams",
+        int_in_range(1, 1_000_000),
+        _DEFAULTS.max_streams,
+        "open streams at once",
+    ),
     (
         "--max-window",
-        int,
+        int_in_range(1, 4096),
         _DEFAULTS.max_window,
         "largest stream window in batches",
     ),
     (
         "--max-request-bytes",
-        int,
+        int_in_range(64 * 1024, 1024**3),
         DEFAULT_MAX_REQUEST_BYTES,
         "largest request message in bytes",
     ),
     (
         "--part-size",
-        int,
+        int_in_range(1024, 3 * 1024 * 1024),
         _DEFAULTS.part_size,
         "batches serialized larger than this many bytes are sent in parts",
     ),
     (
         "--idle-timeout-s",
-        float,
+        float_in_range(1.0, 30 * 24 * 3600, "seconds"),
         _DEFAULTS.idle_timeout_s,
         (
             "seconds after which an idle session releases its in-memory loader; "
@@ -93,7 +166,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=int_in_range(0, 65535),
         default=50051,
         help="TCP port; 0 picks a free one (default 50051)",
     )
@@ -106,9 +179,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--grace-s",
         "--grace",
         dest="grace_s",
-        type=float,
+        type=float_in_range(0.0, 24 * 3600, "seconds"),
         default=10.0,
-        help="seconds open calls get to finish after SIGTERM or SIGINT (default 10)",
+        help="seconds open calls get to finish after SIGTERM or SIGINT, at most "
+        "86400 (default 10)",
     )
     parser.add_argument(
         "--port-file",
@@ -134,10 +208,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     limits = parser.add_argument_group("limits")
-    for flag, value_type, default, help_text in _LIMIT_FLAGS:
+    for flag, parse, default, help_text in _LIMIT_FLAGS:
         limits.add_argument(
             flag,
-            type=value_type,
+            type=parse,
             default=default,
             help=f"{help_text} (default {default})",
         )
@@ -182,8 +256,15 @@ def settings_from_arguments(args: argparse.Namespace) -> ServerSettings:
     Raises
     ------
     ValueError
-        When a flag value is out of range; the message names the setting.
+        When a flag value is out of range, or ``--data-dir`` names an
+        existing path that is not a directory; the message names the flag.
     """
+    data_dir = Path(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(
+            f"--data-dir {str(data_dir)!r} exists but is not a directory; pass a "
+            "directory, which is created when missing"
+        )
     limits = dataclasses.replace(
         DEFAULT_LIMITS,
         max_dim=args.max_dim,
@@ -205,7 +286,7 @@ def settings_from_arguments(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         host=args.host,
         port=args.port,
-        data_dir=Path(args.data_dir),
+        data_dir=data_dir,
         grace_s=args.grace_s,
         max_window=args.max_window,
         default_window=min(_DEFAULTS.default_window, args.max_window),
