@@ -56,3 +56,26 @@ def test_bench_settings_reject_out_of_range(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         BenchSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_bench_labels_datasets_measured(capsys: pytest.CaptureFixture[str]) -> None:
+    # An epoch of 1 dataset makes every batch hold 1 dataset, not 64.
+    status = main(
+        [
+            "bench",
+            "--config",
+            "simple",
+            "--batch-size",
+            "64",
+            "--batches",
+            "3",
+            "--seconds",
+            "20",
+            "--samples-per-epoch",
+            "1",
+        ]
+    )
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "simple: 1 dataset per batch (batch size 64, 1 dataset per epoch)" in output
+    assert "batch size 64, window" not in output

@@ -124,6 +124,10 @@ class BenchResult:
     service: Measurement
     loader: Measurement
     bare_grpc: Measurement
+    # Fewest and most datasets in one streamed batch. They differ from the
+    # batch size when an epoch holds fewer datasets than a batch, or when the
+    # last batch of an epoch is short.
+    datasets_per_batch: tuple[int, int] = (0, 0)
 
     @property
     def service_over_loader(self) -> float:
@@ -136,10 +140,15 @@ class BenchResult:
 
 def _measure_service(
     settings: BenchSettings, work_dir: Path
-) -> tuple[Measurement, list[int], list[int]]:
-    """Stream from a server subprocess; return the measurement, indices and sizes."""
+) -> tuple[Measurement, list[int], list[int], list[int]]:
+    """Stream from a server subprocess.
+
+    Returns the measurement, and the global index, serialized size and
+    dataset count of each batch received.
+    """
     indices: list[int] = []
     sizes: list[int] = []
+    dataset_counts: list[int] = []
     with (
         ServerProcess(work_dir / "data", work_dir / "server.log") as server,
         Client(server.target, timeout_s=60.0) as client,
@@ -169,6 +178,7 @@ def _measure_service(
             for batch in stream:
                 indices.append(batch.global_index)
                 sizes.append(batch.wire_bytes)
+                dataset_counts.append(int(batch.data.shape[0]))
                 if time.perf_counter() >= deadline:
                     break
             elapsed = time.perf_counter() - started
@@ -176,7 +186,7 @@ def _measure_service(
     measurement = Measurement(
         "service stream (client decodes, verifies)", len(indices), sum(sizes), elapsed
     )
-    return measurement, indices, sizes
+    return measurement, indices, sizes, dataset_counts
 
 
 def _measure_loader(settings: BenchSettings, indices: list[int]) -> Measurement:
@@ -280,10 +290,23 @@ def _measure_bare_grpc(sizes: list[int]) -> Measurement:
     return Measurement("bare gRPC byte stream (same sizes)", count, received, elapsed)
 
 
+def _batch_label(settings: BenchSettings, result: BenchResult) -> str:
+    """Describe the batches measured, naming the batch size when they differ."""
+    low, high = result.datasets_per_batch
+    unit = "dataset" if high == 1 else "datasets"
+    counted = f"{low} {unit}" if low == high else f"{low} to {high} {unit}"
+    label = f"{counted} per batch"
+    if low != settings.batch_size or high != settings.batch_size:
+        epoch = settings.samples_per_epoch
+        epoch_unit = "dataset" if epoch == 1 else "datasets"
+        label += f" (batch size {settings.batch_size}, {epoch} {epoch_unit} per epoch)"
+    return label
+
+
 def _results_table(settings: BenchSettings, result: BenchResult) -> Table:
     table = Table(
         title=(
-            f"{settings.config}: batch size {settings.batch_size}, window "
+            f"{settings.config}: {_batch_label(settings, result)}, window "
             f"{settings.window}, loopback"
         )
     )
@@ -311,12 +334,19 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
     """
     with tempfile.TemporaryDirectory(prefix="gmmserve-bench-") as temporary:
         console.log("measuring the service stream")
-        service, indices, sizes = _measure_service(settings, Path(temporary))
+        service, indices, sizes, dataset_counts = _measure_service(
+            settings, Path(temporary)
+        )
     console.log("measuring the in-process loader")
     loader = _measure_loader(settings, indices)
     console.log("measuring the bare gRPC byte stream")
     bare = _measure_bare_grpc(sizes)
-    result = BenchResult(service=service, loader=loader, bare_grpc=bare)
+    result = BenchResult(
+        service=service,
+        loader=loader,
+        bare_grpc=bare,
+        datasets_per_batch=(min(dataset_counts), max(dataset_counts)),
+    )
     console.print(_results_table(settings, result))
     console.print(
         "MB counts serialized messages for the streams and array bytes for the loader."
