@@ -885,9 +885,7 @@ def test_server_positions_stop_below_2_pow_53(
     )
     assert snapshot.position.global_index == last
     restored = stub.Restore(
-        pb.RestoreRequest(
-            session_id=info.session_id, snapshot_id=snapshot.snapshot_id
-        ),
+        pb.RestoreRequest(session_id=info.session_id, snapshot_id=snapshot.snapshot_id),
         timeout=RPC_TIMEOUT_S,
     )
     assert restored.session.position.global_index == last
