@@ -209,8 +209,9 @@ def _format_validation_error(error: ValidationError, prefix: str = "") -> Config
         message = "unknown key; accepted keys: " + ", ".join(
             _accepted_keys(first["loc"][:-1])
         )
-    elif first["type"] == "literal_error":
-        message = f"{message}, got {_describe_value(first['input'])}"
+    elif first["type"] == "value_error":
+        # A model validator's message already names the values it checked.
+        pass
     else:
         message = f"{message}, got {_describe_value(first['input'])}"
     return ConfigError(field, message)
@@ -255,7 +256,9 @@ def _integer_knob_range(key: str, spec: Any, low: int, high: int, convert: str) 
     if convert == "round":
         lo_int, hi_int = round(lo), round(hi)
     else:
-        lo_int, hi_int = (int(lo) if lo > 0 else 1), (int(hi) if hi > 0 else 1)
+        # Draws are truncated, so a spec reaching below 1 would give counts
+        # of 0 that are then raised to 1 point: reject it instead.
+        lo_int, hi_int = math.floor(lo), math.floor(hi)
     if lo_int < low or hi_int > high:
         raise ConfigError(
             key,
@@ -277,7 +280,10 @@ def _float_knob_range(key: str, spec: Any, low: float, high: float) -> None:
 
 
 def load_config(
-    raw: dict[str, Any] | str, limits: Limits = DEFAULT_LIMITS
+    raw: dict[str, Any] | str,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    warn_legacy: bool = True,
 ) -> DataConfig:
     """Validate a data config and expand its presets.
 
@@ -288,6 +294,9 @@ def load_config(
         config such as ``"standard"``.
     limits : Limits
         Upper bounds for dimension, clusters and points.
+    warn_legacy : bool, default True
+        Emit a LegacyKeyWarning per legacy key. Bundled experiments, loaded
+        by name, never warn.
 
     Returns
     -------
@@ -307,7 +316,10 @@ def load_config(
             except json.JSONDecodeError as error:
                 raise ConfigError("config", f"invalid JSON: {error}") from None
         else:
+            # Bundled experiments carry legacy keys on purpose (they are real
+            # configs); warning about them on every load would be noise.
             raw = experiment_config(text)
+            warn_legacy = False
     if not isinstance(raw, dict):
         raise ConfigError("config", f"must be a JSON object, got {type(raw).__name__}")
 
@@ -315,6 +327,8 @@ def load_config(
     for key in LEGACY_KEYS:
         if key in values:
             values.pop(key)
+            if not warn_legacy:
+                continue
             warnings.warn(
                 f"config key {key!r} is accepted for compatibility and has no effect",
                 LegacyKeyWarning,
@@ -401,4 +415,4 @@ def validate_spec(key: str, spec: Any) -> Any:
 
 def load_experiment(name: str, limits: Limits = DEFAULT_LIMITS) -> DataConfig:
     """Load the bundled experiment config ``name``."""
-    return load_config(experiment_config(name), limits)
+    return load_config(experiment_config(name), limits, warn_legacy=False)

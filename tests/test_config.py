@@ -1,0 +1,53 @@
+"""Config validation: errors name the key, the value and the accepted range."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from gmmserve.config import experiment_names, load_config, load_experiment
+from gmmserve.errors import ConfigError, LegacyKeyWarning
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "fixed", "value": 0}, "values in [0, 0] but the accepted range is [1, "),
+        ({"type": "fixed", "value": 0.5}, "values in [0, 0] but the accepted range is [1, "),
+        ({"type": "uniform", "min": -5, "max": 10}, "values in [-5, 10]"),
+    ],
+    ids=["zero", "half", "negative-min"],
+)
+def test_config_sample_counts_below_one_rejected(spec, message):
+    with pytest.raises(ConfigError, match="sample_count_distribution") as raised:
+        load_config({"sample_count_distribution": spec})
+    assert message in str(raised.value)
+
+
+def test_config_cluster_count_rounding_to_zero_rejected():
+    with pytest.raises(ConfigError, match=r"cluster_params: .*\[0, 0\]"):
+        load_config({"cluster_params": {"type": "fixed", "value": 0.4}})
+
+
+def test_config_order_error_names_values_once():
+    with pytest.raises(ConfigError) as raised:
+        load_config({"snr_db_params": {"type": "uniform", "min": 10.0, "max": 5.0}})
+    assert str(raised.value) == (
+        "snr_db_params: min must be less than max, got min=10.0, max=5.0"
+    )
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_config_bundled_experiments_load_without_warnings(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        by_name = load_config(name)
+        by_function = load_experiment(name)
+    assert by_name.resolved == by_function.resolved
+
+
+def test_config_legacy_key_in_user_config_warns():
+    with pytest.warns(LegacyKeyWarning, match="'num_workers'"):
+        resolved = load_config({"num_workers": 4}).resolved
+    assert "num_workers" not in resolved
