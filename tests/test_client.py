@@ -421,10 +421,12 @@ def test_client_stream_deadline_exceeded(
     client: Client, small_config: dict[str, Any]
 ) -> None:
     session = _create(client, small_config)
-    # With window 1 and no acknowledgement the server sends one batch and
-    # waits, so the call reaches its deadline.
+    # With window 1 the server sends one batch and waits for its Ack, which
+    # the consumer sends only after the call's deadline has passed.
     stream = session.batches(window=1, ack="manual", timeout_s=0.5)
     assert next(stream).global_index == 0
+    time.sleep(1.0)
+    stream.ack(0)
     with pytest.raises(DeadlineExceeded) as caught:
         next(stream)
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -549,8 +551,9 @@ def test_client_error_snapshot_not_found(
 @pytest.mark.parametrize(
     ("settings", "field"),
     [
-        ({"batch_size": 0}, "batch_size"),
-        ({"samples_per_epoch": 0}, "samples_per_epoch"),
+        # Above the server's default max_batch_size of 4096; the client
+        # itself rejects values outside the wire range.
+        ({"batch_size": 100_000}, "batch_size"),
         ({"config": '{"dim": 0}'}, "dim"),
         ({"config": '{"unknown_key": 1}'}, "unknown_key"),
         ({"config": None, "experiment": "no_such_experiment"}, "experiment"),
@@ -643,3 +646,120 @@ def test_client_stream_gives_up_when_server_gone(
                 next(stream)
         assert caught.value.code == grpc.StatusCode.UNAVAILABLE
         assert stream.closed
+        # Asking for batch 1 consumed batch 0, whose Ack may be lost.
+        assert caught.value.last_consumed == 0
+        assert caught.value.resume_start == 1
+        assert "The last batch consumed was 0" in str(caught.value)
+        assert "session.batches(start=1)" in str(caught.value)
+
+
+def test_client_stream_gives_up_after_elapsed_time(
+    tmp_path: Path, small_config: dict[str, Any]
+) -> None:
+    # No attempt limit: only max_elapsed_s ends the reconnects.
+    reconnect = ReconnectPolicy(
+        max_attempts=None, initial_backoff_s=0.05, max_elapsed_s=1.0
+    )
+    with (
+        ServerProcess(tmp_path / "data", tmp_path / "server.log") as server,
+        Client(server.target, reconnect=reconnect) as connection,
+    ):
+        session = _create(connection, small_config)
+        stream = session.batches(window=4, ack="manual")
+        batches = [next(stream) for _ in range(3)]
+        stream.ack(batches[1])
+        server.kill()
+        with pytest.raises(StreamInterrupted) as caught:
+            for _ in range(10):
+                next(stream)
+        assert "max_attempts None, max_elapsed_s 1.0" in str(caught.value)
+        assert caught.value.last_consumed == 1
+        assert caught.value.resume_start == 2
+        assert "session.batches(start=2)" in str(caught.value)
+
+
+def test_client_manual_ack_full_window(
+    client: Client, small_config: dict[str, Any]
+) -> None:
+    session = _create(client, small_config)
+    with session.batches(window=3, ack="manual") as stream:
+        batches = [next(stream) for _ in range(3)]
+        assert [batch.global_index for batch in batches] == [0, 1, 2]
+        with pytest.raises(GmmServeClientError) as caught:
+            next(stream)
+        message = str(caught.value)
+        assert "batches 0 to 2 were yielded but not acknowledged" in message
+        assert "window of 3" in message
+        assert "stream.ack(batch)" in message
+        # The stream stays open: an acknowledgement lets it go on.
+        assert not stream.closed
+        stream.ack(batches[0])
+        assert next(stream).global_index == 3
+        with pytest.raises(GmmServeClientError, match="batches 1 to 3"):
+            next(stream)
+        stream.ack(3)
+    assert session.position.global_index == 4
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"seed": -1}, "seed is -1, out of range; the accepted range is [0, "),
+        (
+            {"batch_size": -1},
+            "batch_size is -1, out of range; the accepted range is [1, 4294967295]",
+        ),
+        (
+            {"batch_size": 5_000_000_000},
+            (
+                "batch_size is 5000000000, out of range; the accepted range is "
+                "[1, 4294967295]"
+            ),
+        ),
+        (
+            {"samples_per_epoch": 0},
+            (
+                "samples_per_epoch is 0, out of range; the accepted range is "
+                "[1, 9007199254740991]"
+            ),
+        ),
+    ],
+)
+def test_client_create_rejects_out_of_range(
+    client: Client, arguments: dict[str, int], expected: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        client.create_session(experiment="simple", **arguments)
+    assert expected in str(caught.value)
+
+
+def test_client_create_rejects_float_seed(client: Client) -> None:
+    with pytest.raises(TypeError, match=r"seed must be an integer in \[0, "):
+        client.create_session(experiment="simple", seed=1.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"start": -1}, "start is -1, out of range"),
+        ({"start": 2**53 - 1}, "[0, 9007199254740990]"),
+        ({"max_batches": 0}, "max_batches is 0, out of range"),
+        ({"window": 0}, "window is 0, out of range; the accepted range is [1, "),
+    ],
+)
+def test_client_batches_rejects_out_of_range(
+    client: Client,
+    small_config: dict[str, Any],
+    arguments: dict[str, int],
+    expected: str,
+) -> None:
+    session = _create(client, small_config)
+    with pytest.raises(ValueError) as caught:
+        session.batches(**arguments)
+    assert expected in str(caught.value)
+
+
+def test_client_reconnect_default_is_15_minutes() -> None:
+    policy = ReconnectPolicy()
+    assert policy.max_elapsed_s == 900.0
+    assert policy.max_attempts is None

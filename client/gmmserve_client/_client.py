@@ -17,6 +17,12 @@ from gmmserve_proto.v1 import gmmserve_pb2 as pb
 from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
 
 from gmmserve_client._batch import Batch
+from gmmserve_client._checks import (
+    MAX_BASE_SEED,
+    MAX_GLOBAL_INDEX,
+    MAX_UINT32,
+    check_int,
+)
 from gmmserve_client._errors import (
     DeadlineExceeded,
     GmmServeClientError,
@@ -283,14 +289,23 @@ class Client:
 
         Raises
         ------
+        ValueError, TypeError
+            When ``seed`` is outside [0, 2^53 - 1 - 10^6], ``batch_size``
+            outside [1, 2^32 - 1] or ``samples_per_epoch`` outside
+            [1, 2^53 - 1], before any call; the message names the argument.
         InvalidArgument
-            When a setting or the config is invalid; the message names it.
+            When the server rejects a setting or the config (its limits
+            apply too); the message names it.
         """
         if (config is None) == (experiment is None):
             raise ValueError(
                 "exactly one of config and experiment is required, got "
                 f"config={config!r}, experiment={experiment!r}"
             )
+        if seed is not None:
+            check_int("seed", seed, 0, MAX_BASE_SEED)
+        check_int("batch_size", batch_size, 1, MAX_UINT32)
+        check_int("samples_per_epoch", samples_per_epoch, 1, MAX_GLOBAL_INDEX)
         spec = pb.SessionSpec(
             loader_id=loader_id,
             batch_size=batch_size,
@@ -361,6 +376,7 @@ class Client:
         page_size : int, default 0
             Sessions per request; 0 selects the server's default.
         """
+        check_int("page_size", page_size, 0, MAX_UINT32)
         sessions: list[SessionInfo] = []
         token = ""
         while True:
@@ -468,8 +484,18 @@ class Session:
 
         Raises
         ------
+        ValueError, TypeError
+            When ``start`` is outside [0, 2^53 - 2], ``max_batches`` outside
+            [1, 2^53 - 1] or ``window`` outside [1, 2^32 - 1].
         Aborted
             From ``next`` when the session is restored or closed meanwhile.
+        StreamInterrupted
+            From ``next`` when reconnects ran out (15 minutes by default, see
+            :class:`ReconnectPolicy`). Its ``resume_start`` is the ``start``
+            of a new stream that continues after the last batch consumed.
+        GmmServeClientError
+            From ``next`` in manual mode while ``window`` yielded batches
+            are unacknowledged; acknowledge one and call ``next`` again.
         """
         stream = BatchStream(
             self,
