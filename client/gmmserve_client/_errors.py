@@ -86,7 +86,34 @@ class ResourceExhausted(GmmServeClientError):
 
 
 class StreamInterrupted(Unavailable):
-    """A batch stream could not be resumed within the reconnect policy's bounds."""
+    """A batch stream could not be resumed within the reconnect policy's bounds.
+
+    The acknowledgement of the last batch consumed may not have reached the
+    server, so a new stream that starts at the committed cursor could repeat
+    it. Resume with ``session.batches(start=error.resume_start)``.
+
+    Attributes
+    ----------
+    last_consumed : int or None
+        Global index of the last batch the caller consumed: the last one
+        yielded in auto ack mode, the last one acknowledged in manual mode.
+        None when no batch was consumed.
+    resume_start : int or None
+        The ``start`` to pass to :meth:`Session.batches` to continue after
+        ``last_consumed``; None to start at the committed cursor.
+    """
+
+    def __init__(
+        self,
+        details: str,
+        code: grpc.StatusCode | None = None,
+        *,
+        last_consumed: int | None = None,
+        resume_start: int | None = None,
+    ) -> None:
+        super().__init__(details, code)
+        self.last_consumed = last_consumed
+        self.resume_start = resume_start
 
 
 class BatchIntegrityError(GmmServeClientError):

@@ -83,30 +83,36 @@ class ReconnectPolicy:
     min(initial_backoff_s * backoff_multiplier ** (n - 1), max_backoff_s)
     seconds, scaled by a random factor in [1 - jitter, 1 + jitter]. It gives
     up after ``max_attempts`` attempts or once ``max_elapsed_s`` seconds
-    have passed since the failure, whichever comes first.
+    have passed since the failure, whichever comes first, and raises
+    :class:`StreamInterrupted`.
+
+    The defaults ride out a server restart or a network outage of up to 15
+    minutes, which suits trainers that run for days. Lower
+    ``max_elapsed_s`` to fail faster.
 
     Attributes
     ----------
-    max_attempts : int, default 10
-        0 disables reconnecting.
+    max_attempts : int or None, default None
+        None sets no limit on attempts, so ``max_elapsed_s`` alone bounds
+        the reconnects; 0 disables reconnecting.
     initial_backoff_s, max_backoff_s : float, default 0.1 and 3.0
     backoff_multiplier : float, default 2.0
     jitter : float, default 0.2
         In [0, 1).
-    max_elapsed_s : float, default 60.0
+    max_elapsed_s : float, default 900.0
     """
 
-    max_attempts: int = 10
+    max_attempts: int | None = None
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 3.0
     backoff_multiplier: float = 2.0
     jitter: float = 0.2
-    max_elapsed_s: float = 60.0
+    max_elapsed_s: float = 900.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 0:
+        if self.max_attempts is not None and self.max_attempts < 0:
             raise ValueError(
-                f"max_attempts must be 0 or more, got {self.max_attempts!r}"
+                f"max_attempts must be None or 0 or more, got {self.max_attempts!r}"
             )
         _check_positive("initial_backoff_s", self.initial_backoff_s)
         _check_positive("max_backoff_s", self.max_backoff_s)

@@ -15,6 +15,7 @@ import grpc
 from gmmserve_proto.v1 import gmmserve_pb2 as pb
 
 from gmmserve_client._batch import Batch, PartAssembler, decode_batch
+from gmmserve_client._checks import MAX_GLOBAL_INDEX, MAX_UINT32, check_int
 from gmmserve_client._errors import (
     BatchIntegrityError,
     GmmServeClientError,
@@ -103,7 +104,9 @@ class BatchStream(Iterator[Batch]):
 
     Acknowledgement: with ``ack="auto"`` a batch is acknowledged when the
     next one is requested, or when the stream is closed after the batch
-    was yielded. With ``ack="manual"`` only :meth:`ack` acknowledges.
+    was yielded. With ``ack="manual"`` only :meth:`ack` acknowledges, and
+    ``next`` raises :class:`GmmServeClientError` while ``window`` yielded
+    batches are unacknowledged, because the server sends no more until then.
     Acknowledging batch g marks every batch up to g as consumed, so the
     server's committed cursor becomes g + 1.
 
@@ -127,16 +130,13 @@ class BatchStream(Iterator[Batch]):
         timeout_s: float | None = None,
         takeover: bool = False,
     ) -> None:
-        if start is not None and (isinstance(start, bool) or start < 0):
-            raise ValueError(
-                f"start must be None or a global index >= 0, got {start!r}"
-            )
-        if max_batches is not None and (
-            isinstance(max_batches, bool) or max_batches < 1
-        ):
-            raise ValueError(f"max_batches must be None or >= 1, got {max_batches!r}")
-        if isinstance(window, bool) or window < 1:
-            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        # A stream sends no batch at 2^53 - 1, whose acknowledgement would
+        # move the cursor past the largest global index.
+        if start is not None:
+            check_int("start", start, 0, MAX_GLOBAL_INDEX - 1)
+        if max_batches is not None:
+            check_int("max_batches", max_batches, 1, MAX_GLOBAL_INDEX)
+        check_int("window", window, 1, MAX_UINT32)
         if ack not in ("auto", "manual"):
             raise ValueError(f"ack must be 'auto' or 'manual', got {ack!r}")
         if timeout_s is not None and not timeout_s > 0:
@@ -200,6 +200,8 @@ class BatchStream(Iterator[Batch]):
         if self._remaining == 0:
             self.close()
             raise StopIteration
+        if not self._auto_ack:
+            self._raise_if_window_full()
         try:
             batch = self._receive()
         except BaseException:
@@ -212,6 +214,34 @@ class BatchStream(Iterator[Batch]):
         if self._remaining is not None:
             self._remaining -= 1
         return batch
+
+    def _raise_if_window_full(self) -> None:
+        """Raise instead of waiting for a batch the server will not send.
+
+        The server sends at most ``window`` batches past the call's last
+        acknowledgement (or its start), so in manual mode a consumer with
+        that many unacknowledged batches would wait forever.
+        """
+        connection = self._connection
+        # An ended call is left to _receive, which raises its status.
+        if connection is None or connection.start is None or connection.done.is_set():
+            return
+        if self.last_received is None or self.last_received < connection.start:
+            return
+        first_unacked = connection.start
+        if connection.acked is not None:
+            first_unacked = max(first_unacked, connection.acked + 1)
+        unacked = self.last_received - first_unacked + 1
+        if unacked < self._window:
+            return
+        raise GmmServeClientError(
+            f"session {self.session_id}: batches {first_unacked} to "
+            f"{self.last_received} were yielded but not acknowledged, which fills "
+            f"the stream's window of {self._window}, so the server sends no more "
+            "until an acknowledgement. In manual ack mode call stream.ack(batch) "
+            "on the last batch consumed before the next next(), or open the "
+            "stream with a larger window"
+        )
 
     def ack(self, batch: Batch | int) -> None:
         """Acknowledge a batch and every batch before it.
@@ -415,15 +445,11 @@ class BatchStream(Iterator[Batch]):
         policy = self._reconnect
         elapsed = time.monotonic() - failed_at
         details = error.details() if isinstance(error, grpc.Call) else str(error)
-        if failures > policy.max_attempts or elapsed >= policy.max_elapsed_s:
-            raise StreamInterrupted(
-                f"session {self.session_id}: stream could not be resumed after "
-                f"batch {self.last_received} within {failures - 1} reconnect attempts "
-                f"and {elapsed:.1f} s (ReconnectPolicy max_attempts "
-                f"{policy.max_attempts}, max_elapsed_s {policy.max_elapsed_s}); "
-                f"last error: {details}",
-                grpc.StatusCode.UNAVAILABLE,
-            ) from None
+        attempts_spent = (
+            policy.max_attempts is not None and failures > policy.max_attempts
+        )
+        if attempts_spent or elapsed >= policy.max_elapsed_s:
+            raise self._interrupted(failures - 1, elapsed, details)
         delay = min(
             policy.backoff_s(failures), max(0.0, policy.max_elapsed_s - elapsed)
         )
@@ -437,6 +463,42 @@ class BatchStream(Iterator[Batch]):
             delay,
         )
         time.sleep(delay)
+
+    def _interrupted(
+        self, attempts: int, elapsed: float, details: str
+    ) -> StreamInterrupted:
+        """Build the error that ends a stream whose reconnects ran out."""
+        policy = self._reconnect
+        consumed = self._consumed
+        if consumed is not None:
+            resume = consumed + 1
+            where = (
+                f"The last batch consumed was {consumed}, and its acknowledgement "
+                "may not be committed, so a new stream at the committed cursor "
+                "could repeat it. Resume with "
+                f"session.batches(start={resume})."
+            )
+        elif self._start is not None:
+            resume = self._start
+            where = (
+                f"No batch was consumed. Resume with session.batches(start={resume})."
+            )
+        else:
+            resume = None
+            where = (
+                "No batch was consumed. Resume with session.batches(), which "
+                "starts at the committed cursor."
+            )
+        return StreamInterrupted(
+            f"session {self.session_id}: stream could not be resumed after batch "
+            f"{self.last_received} within {attempts} reconnect attempts and "
+            f"{elapsed:.1f} s (ReconnectPolicy max_attempts {policy.max_attempts}, "
+            f"max_elapsed_s {policy.max_elapsed_s}); last error: {details}. "
+            f"{where}",
+            grpc.StatusCode.UNAVAILABLE,
+            last_consumed=consumed,
+            resume_start=resume,
+        )
 
     def _accept(
         self,
