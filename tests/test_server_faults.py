@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sqlite3
 import threading
@@ -11,16 +12,19 @@ from pathlib import Path
 import grpc
 import pytest
 from _server import (
+    OPERATOR_TOKEN,
     RPC_TIMEOUT_S,
     BatchStream,
     DecodedBatch,
     assert_batch_equal,
     create_session,
     cursor_of,
+    open_channel,
     running_server,
     wait_for_cursor,
 )
 from gmmserve.loader import GMMDataLoader
+from gmmserve.service import BackgroundServer, ServerSettings
 from gmmserve.store.sqlite import DATABASE_NAME, SNAPSHOT_PAUSE_ENV
 from gmmserve_proto.v1 import gmmserve_pb2 as pb
 from gmmserve_proto.v1 import gmmserve_pb2_grpc as pb_grpc
@@ -227,3 +231,50 @@ def test_server_sigterm_reports_not_serving(tmp_path: Path) -> None:
         assert server.process.wait(timeout=30) == 0
         assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING]
         channel.close()
+
+
+def test_server_client_leaving_at_shutdown_logs_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gmmserve")
+    server = BackgroundServer(
+        ServerSettings(
+            port=0, data_dir=tmp_path, grace_s=10.0, operator_token=OPERATOR_TOKEN
+        )
+    )
+    server.start()
+    stopper: threading.Thread | None = None
+    channel = open_channel(server.port)
+    try:
+        stub = pb_grpc.GmmServiceStub(channel)
+        info = create_session(
+            stub,
+            experiment="standard",
+            seed=5,
+            batch_size=512,
+            samples_per_epoch=100_000,
+        )
+        # The client reads one batch and then stops reading, so flow control
+        # blocks the server's next write of a batch of several MB.
+        stream = BatchStream(stub, session_id=info.session_id, window=16)
+        assert stream.next_batch().global_index == 0
+        time.sleep(3.0)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        time.sleep(0.5)
+        stream.cancel()
+    finally:
+        channel.close()
+        if stopper is None:
+            server.stop()
+        else:
+            stopper.join()
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record.getMessage() for record in errors] == []
+    closed = [
+        record.getMessage()
+        for record in caplog.records
+        if f"session {info.session_id} stream 1 closed" in record.getMessage()
+    ]
+    assert len(closed) == 1
+    assert closed[0].split(" closed ")[1].startswith(("(client left)", "(UNAVAILABLE)"))

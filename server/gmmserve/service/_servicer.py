@@ -23,7 +23,11 @@ from gmmserve.service._spec import (
     spec_message,
 )
 from gmmserve.service._status import status_for, unary_errors
-from gmmserve.service._streaming import position_message, stream_batches
+from gmmserve.service._streaming import (
+    ClientGoneError,
+    position_message,
+    stream_batches,
+)
 from gmmserve.store import SessionRecord, SnapshotRecord
 
 __all__ = ["GmmServicer"]
@@ -161,6 +165,16 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
             )
         except grpc.aio.AbortError:
             raise
+        except ClientGoneError as error:
+            # A client that leaves, during a shutdown or not, is no server
+            # error, and the call cannot carry a status anymore. The stream's
+            # closing INFO line already names the session and the outcome.
+            _LOGGER.debug(
+                "StreamBatches ended because the client left (server shutting "
+                "down: %s): %s",
+                "yes" if self.registry.shutting_down else "no",
+                error,
+            )
         except Exception as error:  # noqa: BLE001 - every error becomes a status
             code, message = status_for(error, "StreamBatches")
             await context.abort(code, message)

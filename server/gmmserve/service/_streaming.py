@@ -29,7 +29,7 @@ from gmmserve.service._settings import ServerSettings
 from gmmserve.service._spec import check_session_id
 from gmmserve.service._status import StreamEndedError, require_parsed
 
-__all__ = ["encode_batch", "stream_batches"]
+__all__ = ["ClientGoneError", "encode_batch", "stream_batches"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ _HALF_CLOSE = object()
 # the next races its own cancellation, which reaches the server a moment
 # later, so the wait keeps that client from failing.
 STREAM_CONFLICT_WAIT_S = 2.0
+
+
+class ClientGoneError(Exception):
+    """A write to a stream failed because its call can no longer send.
+
+    This happens when the client cancels or disconnects, often during a
+    server shutdown. No one is left to receive a status, so the stream's
+    closing INFO line records it and the servicer ends the call without one.
+    """
 
 
 def position_message(global_index: int, batches_per_epoch: int) -> pb.Position:
@@ -191,7 +200,15 @@ class _BatchStream:
         # and an end request is seen only after it, so at shutdown such a
         # stream lasts until the grace period cancels it.
         for message in messages:
-            await context.write(message)
+            try:
+                await context.write(message)
+            except Exception as error:
+                # grpcio 1.85 raises its private ExecuteBatchError when the
+                # call is gone. A valid message fails for no other reason, so
+                # any error here means that the client left.
+                raise ClientGoneError(
+                    f"batch {self.next_send} could not be sent: {error!r}"
+                ) from error
         self.next_send += 1
         self.sent += 1
 
@@ -286,6 +303,8 @@ def _outcome(error: BaseException) -> str:
         return error.code.name
     if isinstance(error, ConfigError):
         return grpc.StatusCode.INVALID_ARGUMENT.name
+    if isinstance(error, ClientGoneError):
+        return "client left"
     if isinstance(error, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED.name
     return type(error).__name__
