@@ -704,22 +704,22 @@ def test_client_manual_ack_full_window(
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        ({"seed": -1}, "seed is -1, out of range; the accepted range is [0, "),
+        ({"seed": -1}, "seed: -1 is out of range; the accepted range is [0, "),
         (
             {"batch_size": -1},
-            "batch_size is -1, out of range; the accepted range is [1, 4294967295]",
+            "batch_size: -1 is out of range; the accepted range is [1, 4294967295]",
         ),
         (
             {"batch_size": 5_000_000_000},
             (
-                "batch_size is 5000000000, out of range; the accepted range is "
+                "batch_size: 5000000000 is out of range; the accepted range is "
                 "[1, 4294967295]"
             ),
         ),
         (
             {"samples_per_epoch": 0},
             (
-                "samples_per_epoch is 0, out of range; the accepted range is "
+                "samples_per_epoch: 0 is out of range; the accepted range is "
                 "[1, 9007199254740991]"
             ),
         ),
@@ -728,8 +728,10 @@ def test_client_manual_ack_full_window(
 def test_client_create_rejects_out_of_range(
     client: Client, arguments: dict[str, int], expected: str
 ) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(InvalidArgument) as caught:
         client.create_session(experiment="simple", **arguments)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(caught.value, ValueError)
     assert expected in str(caught.value)
 
 
@@ -741,10 +743,14 @@ def test_client_create_rejects_float_seed(client: Client) -> None:
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        ({"start": -1}, "start is -1, out of range"),
+        ({"start": -1}, "start: -1 is out of range"),
         ({"start": 2**53 - 1}, "[0, 9007199254740990]"),
-        ({"max_batches": 0}, "max_batches is 0, out of range"),
-        ({"window": 0}, "window is 0, out of range; the accepted range is [1, "),
+        ({"max_batches": 0}, "max_batches: 0 is out of range"),
+        (
+            {"start": 2**53 - 3, "max_batches": 3},
+            "max_batches: 3 is out of range; the accepted range is [1, 2]",
+        ),
+        ({"window": 0}, "window: 0 is out of range; the accepted range is [1, "),
     ],
 )
 def test_client_batches_rejects_out_of_range(
@@ -754,8 +760,10 @@ def test_client_batches_rejects_out_of_range(
     expected: str,
 ) -> None:
     session = _create(client, small_config)
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(InvalidArgument) as caught:
         session.batches(**arguments)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(caught.value, ValueError)
     assert expected in str(caught.value)
 
 

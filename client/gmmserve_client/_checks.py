@@ -7,6 +7,10 @@ names it, the value and the accepted range.
 
 from __future__ import annotations
 
+import grpc
+
+from gmmserve_client._errors import InvalidArgument
+
 __all__ = [
     "MAX_BASE_SEED",
     "MAX_GLOBAL_INDEX",
@@ -29,8 +33,10 @@ def check_int(name: str, value: object, low: int, high: int) -> int:
     ------
     TypeError
         When ``value`` is not an int (bool included).
-    ValueError
-        When ``value`` is outside ``[low, high]``.
+    InvalidArgument
+        When ``value`` is outside ``[low, high]``. It carries the status
+        INVALID_ARGUMENT that the server would return, though no call was
+        made, and is a ValueError too.
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
@@ -38,7 +44,8 @@ def check_int(name: str, value: object, low: int, high: int) -> int:
             f"{type(value).__name__} {value!r}"
         )
     if not low <= value <= high:
-        raise ValueError(
-            f"{name} is {value}, out of range; the accepted range is [{low}, {high}]"
+        raise InvalidArgument(
+            f"{name}: {value} is out of range; the accepted range is [{low}, {high}]",
+            grpc.StatusCode.INVALID_ARGUMENT,
         )
     return value

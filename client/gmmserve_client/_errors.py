@@ -41,8 +41,13 @@ class GmmServeClientError(Exception):
         super().__init__(prefix + details)
 
 
-class InvalidArgument(GmmServeClientError):
-    """A request field or config value is malformed or out of range."""
+class InvalidArgument(GmmServeClientError, ValueError):
+    """A request field or config value is malformed or out of range.
+
+    The client raises it before any call for an argument outside the range
+    of its proto field, with the code INVALID_ARGUMENT that the server
+    would return.
+    """
 
 
 class NotFound(GmmServeClientError):

@@ -136,6 +136,8 @@ class BatchStream(Iterator[Batch]):
             check_int("start", start, 0, MAX_GLOBAL_INDEX - 1)
         if max_batches is not None:
             check_int("max_batches", max_batches, 1, MAX_GLOBAL_INDEX)
+        if start is not None and max_batches is not None:
+            check_int("max_batches", max_batches, 1, MAX_GLOBAL_INDEX - start)
         check_int("window", window, 1, MAX_UINT32)
         if ack not in ("auto", "manual"):
             raise ValueError(f"ack must be 'auto' or 'manual', got {ack!r}")
