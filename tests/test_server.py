@@ -895,3 +895,12 @@ def test_server_positions_stop_below_2_pow_53(
     assert error is not None
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"committed cursor {last}" in error.details()
+
+    past_end = BatchStream(
+        stub, session_id=info.session_id, start_global_index=last - 2, max_batches=3
+    )
+    error = past_end.finish()
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start.max_batches" in error.details()
+    assert "[0, 2]" in error.details()

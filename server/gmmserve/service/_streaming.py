@@ -121,7 +121,8 @@ class _BatchStream:
         self.window = window
         # Sends stop below MAX_SEED, because the Ack of batch MAX_SEED would
         # move the cursor past the largest global index a state may hold.
-        self.end = min(start + max_batches, MAX_SEED) if max_batches else MAX_SEED
+        # stream_batches rejects a max_batches that would pass it.
+        self.end = start + max_batches if max_batches else MAX_SEED
         self.next_send = start
         # Every batch below this index has been acknowledged; the window
         # counts from here.
@@ -377,6 +378,13 @@ async def stream_batches(
                 f"global index, 2^53 - 1 = {MAX_SEED}, so no batch is left to "
                 "send; restore a snapshot or pass a start_global_index below it",
             )
+    if max_batches > MAX_SEED - start:
+        raise ConfigError(
+            "start.max_batches",
+            f"{max_batches} is out of range for a stream that starts at batch "
+            f"{start}; the accepted range is [0, {MAX_SEED - start}], so that the "
+            f"cursor stays within 2^53 - 1 = {MAX_SEED}",
+        )
     handle = registry.open_stream(live, start, context.peer())
     stream = _BatchStream(
         registry, settings, executor, live, handle, start, window, max_batches
