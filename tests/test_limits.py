@@ -234,12 +234,49 @@ def test_limits_serve_flags_reach_settings() -> None:
     assert settings.max_request_bytes == 70000
     assert settings.part_size == 4096
     assert settings.idle_timeout_s == 2.5
-    with pytest.raises(ValueError, match=r"max_sessions must be in \[1, "):
-        settings_from_arguments(parser.parse_args(["--max-sessions=0"]))
-    with pytest.raises(ValueError, match="--max-dim must be 1 or more, got 0"):
-        settings_from_arguments(parser.parse_args(["--max-dim=0"]))
-    with pytest.raises(ValueError, match="idle_timeout_s must be in"):
-        settings_from_arguments(parser.parse_args(["--idle-timeout-s=nan"]))
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        (
+            "--max-sessions=0",
+            (
+                "argument --max-sessions: 0 is out of range; accepted range is "
+                "[1, 100000000]"
+            ),
+        ),
+        (
+            "--max-dim=0",
+            (
+                "argument --max-dim: 0 is out of range; accepted range is "
+                "[1, 9007199254740991]"
+            ),
+        ),
+        (
+            "--idle-timeout-s=nan",
+            (
+                "argument --idle-timeout-s: nan is out of range; accepted range is "
+                "[1, 2592000] seconds"
+            ),
+        ),
+        (
+            "--part-size=10",
+            (
+                "argument --part-size: 10 is out of range; accepted range is "
+                "[1024, 3145728]"
+            ),
+        ),
+    ],
+)
+def test_limits_serve_flag_out_of_range(
+    capsys: pytest.CaptureFixture[str], flag: str, expected: str
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_server_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([flag])
+    assert expected in capsys.readouterr().err
 
 
 def wait_for_live_sessions(server: BackgroundServer, expected: int) -> int:

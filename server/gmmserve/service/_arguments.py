@@ -58,18 +58,21 @@ def int_in_range(low: int, high: int) -> Callable[[str], int]:
 def float_in_range(low: float, high: float, unit: str = "") -> Callable[[str], float]:
     """Return an argparse ``type`` that parses a finite float in ``[low, high]``."""
     suffix = f" {unit}" if unit else ""
+    bounds = ", ".join(
+        str(int(bound)) if float(bound).is_integer() else str(bound)
+        for bound in (low, high)
+    )
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number; accepted range is "
-                f"[{low:g}, {high:g}]{suffix}"
+                f"{text!r} is not a number; accepted range is [{bounds}]{suffix}"
             ) from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(
-                f"{text} is out of range; accepted range is [{low:g}, {high:g}]{suffix}"
+                f"{text} is out of range; accepted range is [{bounds}]{suffix}"
             )
         return value
 
