@@ -160,7 +160,9 @@ def parse_json_object(field: str, text: str, max_chars: int) -> dict[str, Any]:
         document = loads_finite(text)
     except RecursionError:
         raise ConfigError(
-            field, "is nested too deeply; accepted are configs of a few levels"
+            field,
+            "is nested too deeply for Python's JSON parser (its recursion limit); "
+            "configs and state documents nest only a few levels",
         ) from None
     except ValueError as error:
         # JSONDecodeError is a ValueError, as are the non-finite number and
