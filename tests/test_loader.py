@@ -511,3 +511,15 @@ def _current_umask() -> int:
         if line.startswith("Umask:"):
             return int(line.split()[1], 8)
     raise AssertionError("no Umask line in /proc/self/status")
+
+
+def test_loader_device_returns_torch_tensors(small_config):
+    torch = pytest.importorskip("torch", reason="torch is an optional dependency")
+    numpy_data, numpy_targets = next(make_loader(small_config))
+    data, targets = next(make_loader(small_config, device="cpu"))
+    assert isinstance(data, torch.Tensor)
+    assert data.dtype == torch.float32
+    assert np.array_equal(data.numpy(), numpy_data)
+    assert targets["labels"].dtype == torch.int64
+    assert np.array_equal(targets["centers"].numpy(), numpy_targets["centers"])
+    assert len(targets["params"]) == data.shape[0]
