@@ -132,6 +132,7 @@ def test_concurrency_takeover_aborts_first(stub: Any) -> None:
     assert error is not None
     assert error.code() == grpc.StatusCode.ABORTED
     assert "taken over by stream" in error.details()
+    assert error.details().endswith("the committed cursor is at batch 1")
     # The second stream started after the Ack of batch 0 was committed.
     assert batch.global_index == 1
     assert_batch_equal(batch, local_loader().batch_at(0, 1))

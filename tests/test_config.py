@@ -51,3 +51,18 @@ def test_config_legacy_key_in_user_config_warns():
     with pytest.warns(LegacyKeyWarning, match="'num_workers'"):
         resolved = load_config({"num_workers": 4}).resolved
     assert "num_workers" not in resolved
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"snr_db_params": "y" * 10_000},
+        {"cluster_params": {"type": "q" * 10_000}},
+        {"dim": 10**4000},
+    ],
+    ids=["preset", "spec-type", "huge-integer"],
+)
+def test_config_long_values_are_cut_in_messages(config):
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert len(str(raised.value)) < 600

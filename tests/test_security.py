@@ -672,3 +672,26 @@ def test_security_invalid_tls_files_fail_start(tmp_path: Path) -> None:
         ServerSettings(tls_cert=garbage)
     with pytest.raises(ValueError, match="tls_client_ca requires tls_cert"):
         ServerSettings(tls_client_ca=garbage)
+
+
+def test_security_control_characters_escaped_in_logs(
+    stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    forged = "x\n2026-12-04 17:00:00,000 ERROR gmmserve: forged line\x00"
+    spec = pb.SessionSpec(
+        config_json=json.dumps({forged: 1}),
+        loader_id="train",
+        batch_size=2,
+        samples_per_epoch=4,
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.CreateSession(pb.CreateSessionRequest(spec=spec), timeout=RPC_TIMEOUT_S)
+    details = raised.value.details()
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "\n" not in details
+    assert "\x00" not in details
+    assert "x\\x0a2026-12-04" in details
+    logged = [record.getMessage() for record in caplog.records]
+    assert not any(line.startswith("2026-12-04 17:00:00,000 ERROR") for line in logged)
+    assert not any("\n2026-12-04" in line for line in logged)

@@ -92,7 +92,8 @@ def experiment_config(name: str) -> dict[str, Any]:
     if name not in configs:
         raise ConfigError(
             "experiment",
-            f"unknown experiment {name!r}; accepted names: {', '.join(configs)}",
+            f"unknown experiment {_describe_value(name)}; accepted names: "
+            f"{', '.join(configs)}",
         )
     return json.loads(json.dumps(configs[name]))
 
@@ -172,11 +173,24 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+# Values and keys echoed in error messages are cut to this many characters,
+# so a hostile input cannot make a message as large as itself.
+MAX_ECHO_CHARS = 64
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_ECHO_CHARS:
+        return text
+    return f"{text[: MAX_ECHO_CHARS - 3]}... ({len(text)} characters)"
+
+
 def _describe_value(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**60:
+        return f"an integer of {len(str(abs(value)))} digits"
     text = (
         json.dumps(value, default=repr) if not isinstance(value, float) else repr(value)
     )
-    return text if len(text) <= 80 else text[:77] + "..."
+    return _clip(text)
 
 
 def _format_validation_error(error: ValidationError, prefix: str = "") -> ConfigError:
@@ -192,7 +206,8 @@ def _format_validation_error(error: ValidationError, prefix: str = "") -> Config
     if first["type"] == "union_tag_invalid":
         message = (
             (
-                f"unknown distribution type {first['input'].get('type')!r}; accepted "
+                f"unknown distribution type {_describe_value(first['input'].get('type'))}; "
+                "accepted "
                 f"types: {', '.join(DISTRIBUTION_TYPES)}"
             )
             if isinstance(first["input"], dict)
@@ -239,7 +254,7 @@ def _resolve_preset(key: str, value: Any) -> Any:
     if value not in table:
         accepted = ", ".join(table) if table else "none (give a spec object)"
         raise ConfigError(
-            key, f"unknown preset {value!r}; accepted presets: {accepted}"
+            key, f"unknown preset {_describe_value(value)}; accepted presets: {accepted}"
         )
     return dict(table[value])
 
@@ -353,7 +368,8 @@ def load_config(
     if model.dim > limits.max_dim:
         raise ConfigError(
             "dim",
-            f"{model.dim} exceeds the limit; accepted range is [1, {limits.max_dim}]",
+            f"{_describe_value(model.dim)} exceeds the limit; accepted range is "
+            f"[1, {limits.max_dim}]",
         )
     _integer_knob_range(
         "cluster_params", model.cluster_params, 1, limits.max_clusters, "round"

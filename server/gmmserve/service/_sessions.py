@@ -232,7 +232,7 @@ class SessionRegistry:
                     grpc.StatusCode.ABORTED,
                     f"session {session_id} was taken over by stream {stream_id}, "
                     "which a StreamStart with takeover opened; the committed "
-                    "cursor is at batch {{cursor}}",
+                    "cursor is at batch {cursor}",
                 )
                 _LOGGER.info(
                     "session %s stream %d taken over by stream %d",

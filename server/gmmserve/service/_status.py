@@ -101,15 +101,30 @@ def require_parsed(request: Any, field: str = "request") -> None:
 MAX_STATUS_MESSAGE_CHARS = 4096
 
 
+# Control characters (C0, DEL and C1) in a message would let a caller
+# start a forged line in the server log or hide text in a terminal.
+_CONTROL_ESCAPES = {
+    code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]
+}
+
+
+def escape_control_characters(text: str) -> str:
+    """Replace control characters, newlines included, with ``\\xNN`` escapes."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
 def status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """Return the status code and message that ``error`` ends an RPC with.
 
     Errors that are not gmmserve's are logged with their traceback and
-    become INTERNAL, with a message that points to the server log. Messages
+    become INTERNAL, with a message that points to the server log. Control
+    characters in the message, which may echo a caller's input, are
+    escaped so that it stays one log line. Messages
     longer than MAX_STATUS_MESSAGE_CHARS lose their middle, because the
     field name leads a message and the reason and accepted range end it.
     """
     code, message = _status_for(error, method)
+    message = escape_control_characters(message)
     if len(message) > MAX_STATUS_MESSAGE_CHARS:
         keep = MAX_STATUS_MESSAGE_CHARS // 2
         cut = len(message) - 2 * keep

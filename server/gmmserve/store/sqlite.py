@@ -325,7 +325,8 @@ class SQLiteStore(Store):
                     raise LimitExceededError(
                         f"session {record.session_id} has {count} snapshots, the "
                         f"limit of max_snapshots_per_session={max_snapshots}; "
-                        "restore or close the session, or start a new one"
+                        "close the session or start a new one, or raise "
+                        "--max-snapshots-per-session on the server"
                     )
             connection.execute(
                 f"INSERT INTO snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
