@@ -92,7 +92,7 @@ def experiment_config(name: str) -> dict[str, Any]:
     if name not in configs:
         raise ConfigError(
             "experiment",
-            f"unknown experiment {_describe_value(name)}; accepted names: "
+            f"unknown experiment {_quote(name)}; accepted names: "
             f"{', '.join(configs)}",
         )
     return json.loads(json.dumps(configs[name]))
@@ -184,6 +184,11 @@ def _clip(text: str) -> str:
     return f"{text[: MAX_ECHO_CHARS - 3]}... ({len(text)} characters)"
 
 
+def _quote(value: Any) -> str:
+    """Return the repr of a name from the input, cut to MAX_ECHO_CHARS."""
+    return _clip(repr(value))
+
+
 def _describe_value(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**60:
         return f"an integer of {len(str(abs(value)))} digits"
@@ -206,7 +211,7 @@ def _format_validation_error(error: ValidationError, prefix: str = "") -> Config
     if first["type"] == "union_tag_invalid":
         message = (
             (
-                f"unknown distribution type {_describe_value(first['input'].get('type'))}; "
+                f"unknown distribution type {_quote(first['input'].get('type'))}; "
                 "accepted "
                 f"types: {', '.join(DISTRIBUTION_TYPES)}"
             )
@@ -254,7 +259,7 @@ def _resolve_preset(key: str, value: Any) -> Any:
     if value not in table:
         accepted = ", ".join(table) if table else "none (give a spec object)"
         raise ConfigError(
-            key, f"unknown preset {_describe_value(value)}; accepted presets: {accepted}"
+            key, f"unknown preset {_quote(value)}; accepted presets: {accepted}"
         )
     return dict(table[value])
 
