@@ -66,3 +66,28 @@ def test_config_long_values_are_cut_in_messages(config):
     with pytest.raises(ConfigError) as raised:
         load_config(config)
     assert len(str(raised.value)) < 600
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"dim": 3.0}, "dim: 3.0 is invalid; accepted: an integer in [1, 256]"),
+        ({"dim": "3"}, 'dim: "3" is invalid; accepted: an integer in [1, 256]'),
+        ({"dim": 0}, "dim: 0 is invalid; accepted: an integer in [1, 256]"),
+        ({"dim": 257}, "dim: 257 is invalid; accepted: an integer in [1, 256]"),
+        (
+            {"alpha_dirichlet": 0},
+            "alpha_dirichlet: 0 is invalid; accepted: a number in [0.001, 1000000.0]",
+        ),
+        (
+            {"random_seed": 1.5},
+            "random_seed: 1.5 is invalid; accepted: null or an integer in "
+            "[0, 9007199254740991]",
+        ),
+    ],
+    ids=["float-dim", "string-dim", "zero-dim", "large-dim", "zero-alpha", "float-seed"],
+)
+def test_config_numeric_key_errors_state_range(config, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert str(raised.value) == message

@@ -198,7 +198,19 @@ def _describe_value(value: Any) -> str:
     return _clip(text)
 
 
-def _format_validation_error(error: ValidationError, prefix: str = "") -> ConfigError:
+def _top_level_range(field: str, limits: Limits) -> str | None:
+    """Return the accepted range of a numeric top-level key, for error messages."""
+    ranges = {
+        "dim": f"an integer in [1, {limits.max_dim}]",
+        "alpha_dirichlet": "a number in [0.001, 1000000.0]",
+        "random_seed": f"null or an integer in [0, {MAX_SEED}]",
+    }
+    return ranges.get(field)
+
+
+def _format_validation_error(
+    error: ValidationError, prefix: str = "", limits: Limits | None = None
+) -> ConfigError:
     """Turn pydantic's first error into a ConfigError naming key and value."""
     first = error.errors(include_url=False)[0]
     location = [str(part) for part in first["loc"]]
@@ -232,6 +244,8 @@ def _format_validation_error(error: ValidationError, prefix: str = "") -> Config
     elif first["type"] == "value_error":
         # A model validator's message already names the values it checked.
         pass
+    elif limits is not None and (accepted := _top_level_range(field, limits)):
+        message = f"{_describe_value(first['input'])} is invalid; accepted: {accepted}"
     else:
         message = f"{message}, got {_describe_value(first['input'])}"
     return ConfigError(field, message)
@@ -368,13 +382,13 @@ def load_config(
     try:
         model = _RESOLVED_ADAPTER.validate_python(values)
     except ValidationError as error:
-        raise _format_validation_error(error) from None
+        raise _format_validation_error(error, limits=limits) from None
 
     if model.dim > limits.max_dim:
         raise ConfigError(
             "dim",
-            f"{_describe_value(model.dim)} exceeds the limit; accepted range is "
-            f"[1, {limits.max_dim}]",
+            f"{_describe_value(model.dim)} is invalid; accepted: "
+            f"{_top_level_range('dim', limits)}",
         )
     _integer_knob_range(
         "cluster_params", model.cluster_params, 1, limits.max_clusters, "round"
