@@ -278,3 +278,49 @@ def test_server_client_leaving_at_shutdown_logs_info(
     ]
     assert len(closed) == 1
     assert closed[0].split(" closed ")[1].startswith(("(client left)", "(UNAVAILABLE)"))
+
+
+def test_server_sigterm_lets_running_snapshot_finish(tmp_path: Path) -> None:
+    trigger = tmp_path / "pause-snapshot"
+    with running_server(tmp_path, env={SNAPSHOT_PAUSE_ENV: str(trigger)}) as (
+        server,
+        stub,
+    ):
+        info = create_session(stub, **SPEC)
+        stream_and_ack(stub, info.session_id, 2)
+        trigger.touch()
+        outcome: list[grpc.StatusCode | str] = []
+
+        def take_snapshot() -> None:
+            try:
+                stub.Snapshot(
+                    pb.SnapshotRequest(session_id=info.session_id, label="late"),
+                    timeout=RPC_TIMEOUT_S,
+                )
+                outcome.append("returned")
+            except grpc.RpcError as error:
+                outcome.append(error.code())
+
+        caller = threading.Thread(target=take_snapshot)
+        caller.start()
+        paused = Path(f"{trigger}.paused")
+        deadline = time.monotonic() + 30
+        while not paused.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert paused.exists()
+        # SIGTERM while the snapshot is inside its transaction. The pause
+        # outlasts the short drain that ends health Watch calls, so the
+        # server must wait for the running call, not cut it off as CANCELLED.
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(2.0)
+        trigger.unlink()
+        caller.join(timeout=RPC_TIMEOUT_S)
+        exit_code = server.process.wait(timeout=30)
+    assert outcome == ["returned"]
+    assert exit_code == 0
+    connection = sqlite3.connect(tmp_path / DATABASE_NAME)
+    try:
+        labels = [row[0] for row in connection.execute("SELECT label FROM snapshots")]
+    finally:
+        connection.close()
+    assert labels == ["late"]

@@ -132,6 +132,7 @@ class GmmServer:
         self._server: grpc.aio.Server | None = None
         self._store: SQLiteStore | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._servicer: GmmServicer | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -155,9 +156,10 @@ class GmmServer:
         )
         self.registry = SessionRegistry(self._store, settings)
         server = grpc.aio.server(options=_server_options(settings))
-        _add_servicer(
-            GmmServicer(self.registry, settings, authenticator, self._executor), server
+        self._servicer = GmmServicer(
+            self.registry, settings, authenticator, self._executor
         )
+        _add_servicer(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -233,9 +235,17 @@ class GmmServer:
         _LOGGER.info("asked %d open streams to end", ended)
         while self.registry.open_stream_count and time.monotonic() < deadline:
             await asyncio.sleep(_POLL_S)
+        # Unary calls already running (a Snapshot that is writing, say) finish
+        # within the grace period, so none of them is cut off as CANCELLED.
+        while (
+            getattr(self._servicer, "unary_calls_in_flight", 0)
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(_POLL_S)
         # Health Watch calls never end by themselves and would hold the
-        # server for the whole grace period. Once the batch streams are done,
-        # other calls get a short drain, then a second stop cuts them off.
+        # server for the whole grace period. Once the batch streams and unary
+        # calls are done, other calls get a short drain, then a second stop
+        # cuts them off.
         drain = max(0.0, min(_DRAIN_AFTER_STREAMS_S, deadline - time.monotonic()))
         done, _ = await asyncio.wait({stopping}, timeout=drain)
         if not done:

@@ -164,6 +164,10 @@ def unary_errors(
     async def wrapper(
         self: Any, request: _Request, context: grpc.aio.ServicerContext
     ) -> _Response:
+        # The count lets shutdown wait for running unary calls before it
+        # cuts off the calls that never end by themselves (health Watch).
+        # Each server's servicer is used by its own event loop thread only.
+        self.unary_calls_in_flight = getattr(self, "unary_calls_in_flight", 0) + 1
         try:
             require_parsed(request)
             return await method(self, request, context)
@@ -174,5 +178,7 @@ def unary_errors(
             _LOGGER.info("%s ended with %s: %s", method.__name__, code.name, message)
             await context.abort(code, message)
             raise AssertionError("context.abort returned") from None
+        finally:
+            self.unary_calls_in_flight -= 1
 
     return wrapper
