@@ -138,6 +138,37 @@ def test_limits_max_snapshots_per_session(tmp_path: Path) -> None:
         channel.close()
 
 
+def test_limits_delete_snapshot_frees_room(tmp_path: Path) -> None:
+    with running(tmp_path, max_snapshots_per_session=2) as server:
+        channel = open_channel(server.port)
+        stub = pb_grpc.GmmServiceStub(channel)
+        session_id = create(stub).session_id
+        request = pb.SnapshotRequest(session_id=session_id)
+        oldest = stub.Snapshot(request, timeout=RPC_TIMEOUT_S)
+        newer = stub.Snapshot(request, timeout=RPC_TIMEOUT_S)
+        error = rpc_error(lambda: stub.Snapshot(request, timeout=RPC_TIMEOUT_S))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "DeleteSnapshot" in error.details()
+
+        stub.DeleteSnapshot(
+            pb.DeleteSnapshotRequest(
+                session_id=session_id, snapshot_id=oldest.snapshot_id
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+        latest = stub.Snapshot(request, timeout=RPC_TIMEOUT_S)
+        listed = stub.ListSnapshots(
+            pb.ListSnapshotsRequest(session_id=session_id), timeout=RPC_TIMEOUT_S
+        )
+        assert [item.snapshot_id for item in listed.snapshots] == [
+            newer.snapshot_id,
+            latest.snapshot_id,
+        ]
+        error = rpc_error(lambda: stub.Snapshot(request, timeout=RPC_TIMEOUT_S))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        channel.close()
+
+
 def test_limits_max_request_bytes(tmp_path: Path) -> None:
     with running(tmp_path, max_request_bytes=64 * 1024) as server:
         channel = open_channel(server.port)

@@ -83,6 +83,7 @@ def session_calls(
     """Every unary call that names one session, with the given metadata."""
     options = {"timeout": RPC_TIMEOUT_S, "metadata": metadata}
     state = json.dumps({"format_version": 1})
+    snapshot_id = "snap_" + "B" * 22
     return {
         "GetSession": lambda: stub.GetSession(
             pb.GetSessionRequest(session_id=session_id), **options
@@ -95,6 +96,10 @@ def session_calls(
         ),
         "ListSnapshots": lambda: stub.ListSnapshots(
             pb.ListSnapshotsRequest(session_id=session_id), **options
+        ),
+        "DeleteSnapshot": lambda: stub.DeleteSnapshot(
+            pb.DeleteSnapshotRequest(session_id=session_id, snapshot_id=snapshot_id),
+            **options,
         ),
         "CloseSession": lambda: stub.CloseSession(
             pb.CloseSessionRequest(session_id=session_id), **options
@@ -171,6 +176,40 @@ def test_security_wrong_token_permission_denied(stub: Any) -> None:
     assert list(listed.snapshots) == []
 
 
+def test_security_delete_snapshot_needs_session_token(stub: Any) -> None:
+    ours = create(stub)
+    theirs = create(stub)
+    session_id = ours.session.session_id
+    own = bearer(ours.session_token)
+    snapshot = stub.Snapshot(
+        pb.SnapshotRequest(session_id=session_id),
+        timeout=RPC_TIMEOUT_S,
+        metadata=own,
+    )
+    request = pb.DeleteSnapshotRequest(
+        session_id=session_id, snapshot_id=snapshot.snapshot_id
+    )
+    for token in ("gst_wrong", theirs.session_token):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.DeleteSnapshot(request, timeout=RPC_TIMEOUT_S, metadata=bearer(token))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, token
+    listed = stub.ListSnapshots(
+        pb.ListSnapshotsRequest(session_id=session_id),
+        timeout=RPC_TIMEOUT_S,
+        metadata=own,
+    )
+    assert [item.snapshot_id for item in listed.snapshots] == [snapshot.snapshot_id]
+
+    deleted = stub.DeleteSnapshot(request, timeout=RPC_TIMEOUT_S, metadata=own)
+    assert deleted.snapshot.snapshot_id == snapshot.snapshot_id
+    listed = stub.ListSnapshots(
+        pb.ListSnapshotsRequest(session_id=session_id),
+        timeout=RPC_TIMEOUT_S,
+        metadata=own,
+    )
+    assert list(listed.snapshots) == []
+
+
 def test_security_unknown_id_answers_like_wrong_token(stub: Any) -> None:
     known = create(stub).session.session_id
     token = bearer("gst_" + "z" * 43)
@@ -212,6 +251,13 @@ def test_security_operator_manages_any_session(stub: Any) -> None:
         **options,
     )
     assert restored.session.position.global_index == 0
+    deleted = stub.DeleteSnapshot(
+        pb.DeleteSnapshotRequest(
+            session_id=session_id, snapshot_id=snapshot.snapshot_id
+        ),
+        **options,
+    )
+    assert deleted.snapshot.snapshot_id == snapshot.snapshot_id
     closed = stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), **options)
     assert closed.position.global_index == 0
 

@@ -290,6 +290,115 @@ def test_server_snapshot_restore_round_trip(stub: pb_grpc.GmmServiceStub) -> Non
     assert listed.snapshots[0].state_json == snapshot.state_json
 
 
+def snapshot_ids(stub: pb_grpc.GmmServiceStub, session_id: str) -> list[str]:
+    listed = stub.ListSnapshots(
+        pb.ListSnapshotsRequest(session_id=session_id), timeout=RPC_TIMEOUT_S
+    )
+    return [item.snapshot_id for item in listed.snapshots]
+
+
+def test_server_delete_snapshot_then_restore(stub: pb_grpc.GmmServiceStub) -> None:
+    info = small_session(stub)
+    session_id = info.session_id
+    loader = small_loader()
+    saved = []
+    for count in (2, 3):
+        stream = BatchStream(stub, session_id=session_id, max_batches=count)
+        first = cursor_of(stub, session_id)
+        for index in range(first, first + count):
+            assert stream.next_batch().global_index == index
+            stream.ack(index)
+        assert stream.finish() is None
+        saved.append(
+            stub.Snapshot(
+                pb.SnapshotRequest(session_id=session_id, label=f"at {first + count}"),
+                timeout=RPC_TIMEOUT_S,
+            )
+        )
+    kept, deleted = saved
+    assert kept.position.global_index == 2
+    assert deleted.position.global_index == 5
+    assert snapshot_ids(stub, session_id) == [kept.snapshot_id, deleted.snapshot_id]
+
+    response = stub.DeleteSnapshot(
+        pb.DeleteSnapshotRequest(
+            session_id=session_id, snapshot_id=deleted.snapshot_id
+        ),
+        timeout=RPC_TIMEOUT_S,
+    )
+    assert response.snapshot == deleted
+    assert snapshot_ids(stub, session_id) == [kept.snapshot_id]
+    # Deleting a snapshot leaves the session's cursor where it was.
+    assert cursor_of(stub, session_id) == 5
+
+    # A second delete of the same id finds nothing.
+    error = rpc_error(
+        lambda: stub.DeleteSnapshot(
+            pb.DeleteSnapshotRequest(
+                session_id=session_id, snapshot_id=deleted.snapshot_id
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert deleted.snapshot_id in error.details()
+    error = rpc_error(
+        lambda: stub.Restore(
+            pb.RestoreRequest(session_id=session_id, snapshot_id=deleted.snapshot_id),
+            timeout=RPC_TIMEOUT_S,
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+    # The remaining snapshot still resumes bit for bit.
+    restored = stub.Restore(
+        pb.RestoreRequest(session_id=session_id, snapshot_id=kept.snapshot_id),
+        timeout=RPC_TIMEOUT_S,
+    )
+    assert restored.session.position.global_index == 2
+    resumed = BatchStream(stub, session_id=session_id, max_batches=3)
+    for index in range(2, 5):
+        batch = resumed.next_batch()
+        assert batch.global_index == index
+        epoch, batch_index = divmod(index, loader.batches_per_epoch)
+        assert_batch_equal(batch, loader.batch_at(epoch, batch_index))
+        resumed.ack(index)
+    assert resumed.finish() is None
+
+
+def test_server_delete_snapshot_not_found(stub: pb_grpc.GmmServiceStub) -> None:
+    # The stub sends the session token of sessions it created, so NOT_FOUND
+    # comes from the ids, not from the token.
+    ours = small_session(stub).session_id
+    theirs = small_session(stub).session_id
+    their_snapshot = stub.Snapshot(
+        pb.SnapshotRequest(session_id=theirs), timeout=RPC_TIMEOUT_S
+    ).snapshot_id
+    unknown_snapshot = "snap_" + "B" * 22
+    for snapshot_id in (unknown_snapshot, their_snapshot):
+        request = pb.DeleteSnapshotRequest(session_id=ours, snapshot_id=snapshot_id)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.DeleteSnapshot(request, timeout=RPC_TIMEOUT_S)
+        error = caught.value
+        assert error.code() == grpc.StatusCode.NOT_FOUND, snapshot_id
+        # Another session's snapshot gets the message of an unknown id.
+        assert error.details() == f"snapshot {snapshot_id!r} not found", snapshot_id
+    assert snapshot_ids(stub, theirs) == [their_snapshot]
+
+    unknown_session = "ses_" + "A" * 22
+    error = rpc_error(
+        lambda: stub.DeleteSnapshot(
+            pb.DeleteSnapshotRequest(
+                session_id=unknown_session, snapshot_id=their_snapshot
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown_session in error.details()
+    assert snapshot_ids(stub, theirs) == [their_snapshot]
+
+
 def test_server_snapshot_at_epoch_end(stub: pb_grpc.GmmServiceStub) -> None:
     info = small_session(stub)
     loader = small_loader()

@@ -211,6 +211,42 @@ def test_store_snapshots_listed_and_deleted(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_store_delete_snapshot(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SQLiteStore.open_in(tmp_path)
+        try:
+            await store.create_session(session_record("ses_a"))
+            await store.create_session(session_record("ses_b"))
+            first = snapshot_record("snap_1", "ses_a", 3, 1500.0)
+            second = snapshot_record("snap_2", "ses_a", 7, 2000.0)
+            other = snapshot_record("snap_3", "ses_b", 1, 1700.0)
+            for record in (first, second, other):
+                await store.put_snapshot(record, max_snapshots=2)
+
+            assert await store.delete_snapshot("ses_a", "snap_1") == first
+            assert await store.list_snapshots("ses_a") == [second]
+            with pytest.raises(NotFoundError, match="snap_1"):
+                await store.get_snapshot("snap_1")
+            # The freed room takes a new snapshot under the same limit.
+            third = snapshot_record("snap_4", "ses_a", 9, 2500.0)
+            await store.put_snapshot(third, max_snapshots=2)
+            assert await store.list_snapshots("ses_a") == [second, third]
+
+            # Unknown ids and another session's snapshot delete nothing.
+            with pytest.raises(NotFoundError, match="snap_1"):
+                await store.delete_snapshot("ses_a", "snap_1")
+            with pytest.raises(NotFoundError, match="snap_3"):
+                await store.delete_snapshot("ses_a", "snap_3")
+            with pytest.raises(NotFoundError, match="ses_c"):
+                await store.delete_snapshot("ses_c", "snap_3")
+            assert await store.get_snapshot("snap_3") == other
+            assert await store.list_snapshots("ses_a") == [second, third]
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
 def test_store_failed_snapshot_rolls_back(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = await SQLiteStore.open_in(tmp_path)

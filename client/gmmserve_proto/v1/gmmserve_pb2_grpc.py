@@ -74,6 +74,11 @@ class GmmServiceStub:
                 request_serializer=gmmserve__proto_dot_v1_dot_gmmserve__pb2.ListSnapshotsRequest.SerializeToString,
                 response_deserializer=gmmserve__proto_dot_v1_dot_gmmserve__pb2.ListSnapshotsResponse.FromString,
                 _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/gmmserve.v1.GmmService/DeleteSnapshot',
+                request_serializer=gmmserve__proto_dot_v1_dot_gmmserve__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=gmmserve__proto_dot_v1_dot_gmmserve__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class GmmServiceServicer:
@@ -133,6 +138,8 @@ class GmmServiceServicer:
 
     def Snapshot(self, request, context):
         """Saves the committed position under a new snapshot id.
+        RESOURCE_EXHAUSTED when the session already has its maximum of
+        snapshots; DeleteSnapshot frees room.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +159,16 @@ class GmmServiceServicer:
 
     def ListSnapshots(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """Deletes one snapshot of a session and returns it; the session and its
+        cursor stay as they are. NOT_FOUND for an unknown session or snapshot,
+        and for a snapshot of another session. Allowed with the session token
+        or the operator token.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -198,6 +215,11 @@ def add_GmmServiceServicer_to_server(servicer, server):
                     servicer.ListSnapshots,
                     request_deserializer=gmmserve__proto_dot_v1_dot_gmmserve__pb2.ListSnapshotsRequest.FromString,
                     response_serializer=gmmserve__proto_dot_v1_dot_gmmserve__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=gmmserve__proto_dot_v1_dot_gmmserve__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=gmmserve__proto_dot_v1_dot_gmmserve__pb2.DeleteSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +438,33 @@ class GmmService:
             '/gmmserve.v1.GmmService/ListSnapshots',
             gmmserve__proto_dot_v1_dot_gmmserve__pb2.ListSnapshotsRequest.SerializeToString,
             gmmserve__proto_dot_v1_dot_gmmserve__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gmmserve.v1.GmmService/DeleteSnapshot',
+            gmmserve__proto_dot_v1_dot_gmmserve__pb2.DeleteSnapshotRequest.SerializeToString,
+            gmmserve__proto_dot_v1_dot_gmmserve__pb2.DeleteSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -227,3 +227,16 @@ class GmmServicer(pb_grpc.GmmServiceServicer):
                 for snapshot in snapshots
             ]
         )
+
+    @unary_errors
+    async def DeleteSnapshot(
+        self, request: pb.DeleteSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSnapshotResponse:
+        session_id = check_session_id("session_id", request.session_id)
+        snapshot_id = check_snapshot_id("snapshot_id", request.snapshot_id)
+        self._authorize(context, session_id)
+        snapshot = await self.registry.delete_snapshot(session_id, snapshot_id)
+        record = await self.registry.store.get_session(session_id)
+        return pb.DeleteSnapshotResponse(
+            snapshot=snapshot_info(snapshot, record.batches_per_epoch)
+        )

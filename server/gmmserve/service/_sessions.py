@@ -331,6 +331,27 @@ class SessionRegistry:
         )
         return snapshot, record
 
+    async def delete_snapshot(
+        self, session_id: str, snapshot_id: str
+    ) -> SnapshotRecord:
+        """Delete one snapshot of a session and return it.
+
+        Raises
+        ------
+        NotFoundError
+            When the session or snapshot is unknown, or the snapshot belongs
+            to another session.
+        """
+        self.touch(session_id)
+        snapshot = await self.store.delete_snapshot(session_id, snapshot_id)
+        _LOGGER.info(
+            "session %s snapshot %s deleted (it was at batch %d)",
+            session_id,
+            snapshot_id,
+            snapshot.cursor,
+        )
+        return snapshot
+
     async def restore(
         self,
         session_id: str,

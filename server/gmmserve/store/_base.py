@@ -231,6 +231,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def delete_snapshot(
+        self, session_id: str, snapshot_id: str
+    ) -> SnapshotRecord:
+        """Delete one snapshot of a session in one transaction; return it.
+
+        Raises NotFoundError, deleting nothing, when the session or the
+        snapshot is unknown or the snapshot belongs to another session.
+        """
+
+    @abc.abstractmethod
     async def count_sessions(self) -> int:
         """Return the number of stored sessions."""
 

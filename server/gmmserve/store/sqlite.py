@@ -325,7 +325,8 @@ class SQLiteStore(Store):
                     raise LimitExceededError(
                         f"session {record.session_id} has {count} snapshots, the "
                         f"limit of max_snapshots_per_session={max_snapshots}; "
-                        "close the session or start a new one, or raise "
+                        "delete old snapshots with DeleteSnapshot, close the "
+                        "session or start a new one, or raise "
                         "--max-snapshots-per-session on the server"
                     )
             connection.execute(
@@ -345,6 +346,29 @@ class SQLiteStore(Store):
                 (record.created_at, record.session_id),
             )
             _pause_for_crash_test()
+
+    async def delete_snapshot(
+        self, session_id: str, snapshot_id: str
+    ) -> SnapshotRecord:
+        return await self._run(self._delete_snapshot, session_id, snapshot_id)
+
+    def _delete_snapshot(self, session_id: str, snapshot_id: str) -> SnapshotRecord:
+        with self._transaction() as connection:
+            _fetch_session(connection, session_id)
+            row = connection.execute(
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots "
+                "WHERE snapshot_id = ? AND session_id = ?",
+                (snapshot_id, session_id),
+            ).fetchone()
+            if row is None:
+                # The same message for a snapshot of another session as for
+                # an unknown id, so a session's token reveals nothing about
+                # other sessions' snapshots.
+                raise NotFoundError(f"snapshot {snapshot_id!r} not found")
+            connection.execute(
+                "DELETE FROM snapshots WHERE snapshot_id = ?", (snapshot_id,)
+            )
+        return SnapshotRecord(*row)
 
     async def get_snapshot(self, snapshot_id: str) -> SnapshotRecord:
         return await self._run(self._get_snapshot, snapshot_id)
