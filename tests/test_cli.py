@@ -306,6 +306,65 @@ def test_cli_sessions_json_output(
     assert json.loads(output) == {"epoch": 0, "batch_index": 0, "global_index": 0}
 
 
+def test_cli_sessions_delete_snapshot(
+    server_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(server_target) as client:
+        session = client.create_session(
+            experiment="simple", seed=3, batch_size=4, samples_per_epoch=10
+        )
+        kept = session.snapshot(label="kept")
+        deleted = session.snapshot(label="deleted")
+    session_id = session.id
+    assert session.token is not None
+    target = ("--target", server_target, "--token", session.token)
+
+    status, output, _ = _run(
+        capsys,
+        "sessions",
+        "delete-snapshot",
+        *target,
+        session_id,
+        "--snapshot",
+        deleted.snapshot_id,
+    )
+    assert status == 0
+    assert "snapshot deleted" in output
+    assert re.search(rf"{deleted.snapshot_id}\s+│ deleted\s+│ 0 ", output)
+
+    status, output, _ = _run(
+        capsys, "sessions", "snapshots", *target, "--json", session_id
+    )
+    assert status == 0
+    assert [item["snapshot_id"] for item in json.loads(output)] == [kept.snapshot_id]
+
+    status, output, _ = _run(
+        capsys,
+        "sessions",
+        "delete-snapshot",
+        *target,
+        "--json",
+        session_id,
+        "--snapshot",
+        kept.snapshot_id,
+    )
+    assert status == 0
+    assert json.loads(output)["snapshot_id"] == kept.snapshot_id
+
+    status, _, error = _run(
+        capsys,
+        "sessions",
+        "delete-snapshot",
+        *target,
+        session_id,
+        "--snapshot",
+        kept.snapshot_id,
+    )
+    assert status == 1
+    assert "NOT_FOUND" in error
+    assert kept.snapshot_id in error
+
+
 def test_cli_sessions_create_invalid_experiment(
     server_target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -524,6 +524,24 @@ def test_client_snapshot_restore(client: Client, small_config: dict[str, Any]) -
         session.info()
 
 
+def test_client_delete_snapshot(client: Client, small_config: dict[str, Any]) -> None:
+    session = _create(client, small_config)
+    first = session.snapshot(label="first")
+    with session.batches(max_batches=2) as stream:
+        list(stream)
+    second = session.snapshot(label="second")
+    assert session.delete_snapshot(first.snapshot_id) == first
+    assert [item.snapshot_id for item in session.list_snapshots()] == [
+        second.snapshot_id
+    ]
+    assert session.position.global_index == 2
+    with pytest.raises(NotFound) as caught:
+        session.delete_snapshot(first.snapshot_id)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert first.snapshot_id in caught.value.details
+    assert session.restore(snapshot_id=second.snapshot_id).position.global_index == 2
+
+
 def test_client_error_not_found(client: Client) -> None:
     # The client sends the operator token for a session it did not create,
     # and operators learn which ids are unknown.

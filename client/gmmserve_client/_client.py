@@ -609,6 +609,29 @@ class Session:
         response = self._call("ListSnapshots", request, SessionNotFound)
         return [SnapshotInfo.from_proto(item) for item in response.snapshots]
 
+    def delete_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        """Delete one of the session's snapshots on the server.
+
+        The session and its committed cursor stay as they are, and the freed
+        room counts against the server's snapshots-per-session limit again.
+
+        Returns
+        -------
+        SnapshotInfo
+            The deleted snapshot.
+
+        Raises
+        ------
+        NotFound
+            When the session or the snapshot is unknown, or the snapshot
+            belongs to another session.
+        """
+        request = pb.DeleteSnapshotRequest(session_id=self._id, snapshot_id=snapshot_id)
+        response = self._call("DeleteSnapshot", request)
+        snapshot = SnapshotInfo.from_proto(response.snapshot)
+        _LOGGER.info("session %s: deleted snapshot %s", self._id, snapshot_id)
+        return snapshot
+
     def close(self) -> Position:
         """Close the session on the server, deleting it and its snapshots.
 

@@ -3,8 +3,8 @@
 Subcommands:
 
 - ``serve``: run the gRPC server until SIGINT or SIGTERM.
-- ``sessions list|get|create|snapshot|snapshots|restore|close``: operator
-  commands against a running server, through the client library.
+- ``sessions list|get|create|snapshot|snapshots|delete-snapshot|restore|close``:
+  operator commands against a running server, through the client library.
 - ``demo``: kill and restart a server mid-run and check that every bundled
   experiment config resumes bit for bit.
 - ``bench``: batches/s and MB/s over loopback beside two baselines.
@@ -245,6 +245,12 @@ def _run_sessions(args: argparse.Namespace, console: Console) -> int:
                 _print_json(snapshots, console)
             else:
                 console.print(_snapshots_table(snapshots, title))
+        elif command == "delete-snapshot":
+            snapshot = session.delete_snapshot(args.snapshot)
+            if args.json:
+                _print_json(snapshot, console)
+            else:
+                console.print(_snapshots_table([snapshot], "snapshot deleted"))
         elif command == "restore":
             if args.state_file is not None:
                 info = session.restore(state=Path(args.state_file).read_text())
@@ -389,6 +395,10 @@ def _add_sessions_parser(
     snapshot = add_action("snapshot", "save the session's cursor as a snapshot")
     snapshot.add_argument("--label", default="", help="label shown in listings")
     add_action("snapshots", "list the session's snapshots")
+    delete_snapshot = add_action(
+        "delete-snapshot", "delete one snapshot of the session"
+    )
+    delete_snapshot.add_argument("--snapshot", required=True, help="snapshot id")
 
     restore = add_action("restore", "move the session's cursor to a snapshot or state")
     restore_source = restore.add_mutually_exclusive_group(required=True)
