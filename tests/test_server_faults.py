@@ -117,6 +117,36 @@ def test_server_restore_after_kill_matches_uninterrupted(tmp_path: Path) -> None
             assert batch.arrays[name].tobytes() == array.tobytes(), name
 
 
+def start_paused_snapshot(
+    stub: pb_grpc.GmmServiceStub, session_id: str, trigger: Path, label: str
+) -> tuple[threading.Thread, list[grpc.StatusCode | str]]:
+    """Call Snapshot in a thread and return once the store pauses inside it.
+
+    The outcome list receives "returned" or the call's status code.
+    """
+    trigger.touch()
+    outcome: list[grpc.StatusCode | str] = []
+
+    def take_snapshot() -> None:
+        try:
+            stub.Snapshot(
+                pb.SnapshotRequest(session_id=session_id, label=label),
+                timeout=RPC_TIMEOUT_S,
+            )
+            outcome.append("returned")
+        except grpc.RpcError as error:
+            outcome.append(error.code())
+
+    caller = threading.Thread(target=take_snapshot)
+    caller.start()
+    paused = Path(f"{trigger}.paused")
+    deadline = time.monotonic() + 30
+    while not paused.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert paused.exists()
+    return caller, outcome
+
+
 def test_server_crash_during_snapshot_keeps_previous(tmp_path: Path) -> None:
     trigger = tmp_path / "pause-snapshot"
     with running_server(tmp_path, env={SNAPSHOT_PAUSE_ENV: str(trigger)}) as (
@@ -132,26 +162,9 @@ def test_server_crash_during_snapshot_keeps_previous(tmp_path: Path) -> None:
         stream_and_ack(stub, info.session_id, 2)
 
         # The store pauses inside the next snapshot transaction.
-        trigger.touch()
-        outcome: list[grpc.StatusCode | str] = []
-
-        def take_snapshot() -> None:
-            try:
-                stub.Snapshot(
-                    pb.SnapshotRequest(session_id=info.session_id, label="second"),
-                    timeout=RPC_TIMEOUT_S,
-                )
-                outcome.append("returned")
-            except grpc.RpcError as error:
-                outcome.append(error.code())
-
-        caller = threading.Thread(target=take_snapshot)
-        caller.start()
-        paused = Path(f"{trigger}.paused")
-        deadline = time.monotonic() + 30
-        while not paused.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert paused.exists()
+        caller, outcome = start_paused_snapshot(
+            stub, info.session_id, trigger, "second"
+        )
         server.kill()
         caller.join(timeout=RPC_TIMEOUT_S)
         # The caller sees the connection drop, not a saved snapshot.
@@ -288,26 +301,7 @@ def test_server_sigterm_lets_running_snapshot_finish(tmp_path: Path) -> None:
     ):
         info = create_session(stub, **SPEC)
         stream_and_ack(stub, info.session_id, 2)
-        trigger.touch()
-        outcome: list[grpc.StatusCode | str] = []
-
-        def take_snapshot() -> None:
-            try:
-                stub.Snapshot(
-                    pb.SnapshotRequest(session_id=info.session_id, label="late"),
-                    timeout=RPC_TIMEOUT_S,
-                )
-                outcome.append("returned")
-            except grpc.RpcError as error:
-                outcome.append(error.code())
-
-        caller = threading.Thread(target=take_snapshot)
-        caller.start()
-        paused = Path(f"{trigger}.paused")
-        deadline = time.monotonic() + 30
-        while not paused.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert paused.exists()
+        caller, outcome = start_paused_snapshot(stub, info.session_id, trigger, "late")
         # SIGTERM while the snapshot is inside its transaction. The pause
         # outlasts the short drain that ends health Watch calls, so the
         # server must wait for the running call, not cut it off as CANCELLED.
