@@ -145,7 +145,7 @@ def test_loader_resume_matches_uninterrupted_run(small_config, tmp_path, stop_af
     assert_same_sequence(reference, before + after)
 
 
-def test_loader_snapshot_at_epoch_end_resumes_at_next_epoch(small_config, tmp_path):
+def test_loader_resume_at_epoch_end(small_config, tmp_path):
     reference = run_epochs(make_loader(small_config), 3)
     loader = make_loader(small_config)
     first_epoch = [next(loader) for _ in range(len(loader))]

@@ -65,7 +65,7 @@ class _Spec(BaseModel):
         raise NotImplementedError(f"{type(self).__name__} has no sampler")
 
     def support(self) -> tuple[float, float]:
-        """Return the smallest interval [low, high] that holds every draw."""
+        """Return the smallest interval [low, high] that contains every draw."""
         raise NotImplementedError(f"{type(self).__name__} has no support")
 
 

@@ -206,7 +206,7 @@ class GMMDataLoader:
     batch_size : int, default 16
         Datasets per batch.
     num_samples : int, default 1000
-        Datasets per epoch. The last batch of an epoch holds the remainder.
+        Datasets per epoch. The last batch of an epoch contains the remainder.
     device : str, optional
         When given and torch is installed, batches are torch tensors on it.
     base_seed : int, optional
@@ -336,8 +336,9 @@ class GMMDataLoader:
 
     def __iter__(self) -> GMMDataLoader:
         # A position at the end of an epoch whose StopIteration was never
-        # raised (a restore, a seek, or a loop left after its last batch)
-        # moves on to the next epoch; a position inside an epoch is kept.
+        # raised moves on to the next epoch. This happens after a restore, a
+        # seek, or a loop left after its last batch. A position inside an
+        # epoch is kept.
         if self.current_batch >= self.batches_per_epoch:
             self.current_batch = 0
             self.current_epoch += 1
@@ -377,7 +378,7 @@ class GMMDataLoader:
         """Move to (epoch, batch); batch may equal batches_per_epoch (epoch end).
 
         The global index epoch * batches_per_epoch + batch must stay within
-        [0, 2^53 - 1], so that every position a state document holds is exact
+        [0, 2^53 - 1], so that every position in a state document is exact
         in any JSON reader and can be restored.
         """
         max_epoch = MAX_SEED // self.batches_per_epoch
@@ -485,8 +486,8 @@ class GMMDataLoader:
                 raise StateError(f"state document has no {key!r} section")
         self.param_generator.set_state(state["param_generator_state"])
         self.data_generator.set_state(state["data_generator_state"])
-        # The streams are keyed by this loader's id; a state of another id
-        # positions this loader's stream, as the warning below says.
+        # The streams are keyed by this loader's id, so a state of another id
+        # positions this loader's stream. The warning below reports that.
         self.param_generator.loader_id = self.loader_id
         self.data_generator.loader_id = self.loader_id
         self.seed = stored_seed

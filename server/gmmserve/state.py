@@ -56,8 +56,8 @@ def atomic_write_json(path: str | os.PathLike[str], document: dict[str, Any]) ->
     """Write ``document`` as JSON to ``path`` so a crash leaves the old file.
 
     The text goes to a temporary file in the same directory, is flushed and
-    fsynced, and then replaces ``path`` by rename; the directory is fsynced
-    so the rename itself survives a power loss.
+    fsynced, and then replaces ``path`` by rename. The directory is fsynced
+    too, so the rename itself survives a power loss.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -364,29 +364,27 @@ class BackgroundServer:
         await self._stop_event.wait()
         await self._server.stop()
 
-    @property
-    def open_stream_count(self) -> int:
-        """Streams open on the server, read on its event loop."""
+    def _read_registry(self, attribute: str) -> int:
+        """Read a registry count on the server's event loop, which owns it."""
         assert self._loop is not None and self._server is not None
         registry = self._server.registry
         assert registry is not None
 
-        async def count() -> int:
-            return registry.open_stream_count
+        async def read() -> int:
+            value: int = getattr(registry, attribute)
+            return value
 
-        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(timeout=10)
+        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(timeout=10)
+
+    @property
+    def open_stream_count(self) -> int:
+        """Streams open on the server."""
+        return self._read_registry("open_stream_count")
 
     @property
     def live_session_count(self) -> int:
-        """Sessions whose loader is in memory, read on the server's event loop."""
-        assert self._loop is not None and self._server is not None
-        registry = self._server.registry
-        assert registry is not None
-
-        async def count() -> int:
-            return registry.live_count
-
-        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(timeout=10)
+        """Sessions whose loader is in memory."""
+        return self._read_registry("live_count")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the server gracefully and join its thread."""
